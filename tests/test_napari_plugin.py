@@ -125,9 +125,17 @@ def test_sample_data_menu_loads_image_and_labels(make_napari_viewer, sample):
     assert labels.metadata["label_names"]
 
 
+def test_2d_sample_loads_as_a_plane(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-vfmseg", "ultrasound_2d")
+    image, labels = viewer.layers
+    assert image.data.ndim == 2 and labels.data.shape == image.data.shape
+    assert set(np.unique(labels.data)) >= {0, 1, 2, 3}
+
+
 def test_manifest_validates():
     from npe2 import PluginManifest
 
     manifest = PluginManifest.from_distribution("napari-vfmseg")
-    assert {c.key for c in manifest.contributions.sample_data} == {"abdomen_ct", "brain_mr"}
+    assert {c.key for c in manifest.contributions.sample_data} == {"abdomen_ct", "brain_mr", "ultrasound_2d"}
     assert manifest.contributions.readers[0].accepts_directories
