@@ -1,0 +1,248 @@
+"""Embedding cache: a byte-bounded LRU in memory and an optional content-keyed zarr store on disk.
+
+A key is the sha256 of everything that determines an embedding: the encoder-input pixels (uint8,
+after windowing and resizing), the preprocessing parameters (window, encoder size, grey/RGB, input
+convention), the
+model's cache key (base weights + any encoder-changing adapter) and the encoder numerics
+(fp32/bf16/int8). The same slice therefore hits the cache in any session, whatever file or folder
+it came from, and a different window, model or adapter never does.
+
+Disk layout: ``<cache_dir>/embeddings-v1/<key[:2]>/<key>.zarr``, one zarr v3 group per embedding
+holding a float16 array ``features`` (C, h, w) (zstd level 1) and attributes with the sizes needed by
+post-processing and the sha256 of the stored float16 bytes. An entry is written to a temporary
+folder beside its final place and renamed, so readers never see half an entry; an entry whose
+checksum or metadata does not match is deleted and reported as a miss, never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Embedding",
+    "MemoryCache",
+    "DiskCache",
+    "embedding_key",
+    "default_memory_bytes",
+    "CACHE_FORMAT",
+]
+
+CACHE_FORMAT = "napari-vfmseg-embedding-v1"
+_DISK_SUBDIR = "embeddings-v1"
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """One image embedding and the sizes that post-processing needs.
+
+    ``features``: float32 (C, h, w) on the CPU (C=256, h=w=64 for official SAM).
+    ``original_size``: (rows, cols) of the slice; ``input_size``: (rows, cols) after resizing.
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.features.numel() * self.features.element_size())
+
+
+def embedding_key(
+    pixels: np.ndarray,
+    *,
+    window: Optional[tuple[float, float]],
+    encoder_size: int,
+    model_key: str,
+    numerics: str,
+    preprocess: str = "sam",
+) -> str:
+    """sha256 hex key of an encoder input.
+
+    ``pixels``: the resized uint8 image (rows, cols) grey or (rows, cols, 3) RGB; ``window``:
+    (level, width) used to make it 8-bit, or None; ``model_key``: ``LoadedModel.cache_key``;
+    ``numerics``: the encoder's numerics tag ("fp32", "bf16", "int8"); ``preprocess``: the input
+    convention ("sam" or "medsam").
+    """
+    array = np.ascontiguousarray(pixels)
+    header = {
+        "format": CACHE_FORMAT,
+        "shape": list(array.shape),
+        "dtype": str(array.dtype),
+        "window": None if window is None else [float(window[0]), float(window[1])],
+        "encoder_size": int(encoder_size),
+        "preprocess": str(preprocess),
+        "model": str(model_key),
+        "numerics": str(numerics),
+    }
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def default_memory_bytes() -> int:
+    """Default memory budget: min(2 GiB, 10% of the machine's RAM); 1 GiB if RAM cannot be read."""
+    two_gib = 2 * 1024**3
+    try:
+        import psutil
+
+        total = int(psutil.virtual_memory().total)
+    except Exception:  # psutil missing or unsupported platform
+        try:
+            total = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            return 1024**3
+    return max(64 * 1024**2, min(two_gib, total // 10))
+
+
+class MemoryCache:
+    """Thread-safe LRU of :class:`Embedding` bounded by the total bytes of their features."""
+
+    def __init__(self, max_bytes: Optional[int] = None) -> None:
+        self.max_bytes = int(default_memory_bytes() if max_bytes is None else max_bytes)
+        if self.max_bytes < 0:
+            raise ValueError(f"memory_bytes must be >= 0; got {max_bytes}")
+        self._entries: "OrderedDict[str, Embedding]" = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Optional[Embedding]:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: str, embedding: Embedding) -> None:
+        """Store ``embedding``; least recently used entries go first. One larger than the budget is not kept."""
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            if embedding.nbytes > self.max_bytes:
+                return
+            self._entries[key] = embedding
+            self._bytes += embedding.nbytes
+            while self._bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.nbytes
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+
+class DiskCache:
+    """Content-keyed float16 embeddings in zarr v3 groups under ``root`` (see the module docstring)."""
+
+    def __init__(self, root: Union[str, os.PathLike]) -> None:
+        self.root = Path(root).expanduser()
+        self.folder = self.root / _DISK_SUBDIR
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(f"cannot create the embedding cache folder {self.folder}: {exc}") from exc
+        self.corrupt_entries = 0  # entries found damaged, deleted and recomputed
+        self._lock = threading.Lock()
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.zarr"
+
+    def __contains__(self, key: str) -> bool:
+        return self.path(key).is_dir()
+
+    def get(self, key: str) -> Optional[Embedding]:
+        """The stored embedding as float32, or None when absent or damaged (a damaged entry is deleted)."""
+        import zarr
+
+        path = self.path(key)
+        if not path.is_dir():
+            return None
+        try:
+            group = zarr.open_group(str(path), mode="r")
+            attrs = dict(group.attrs)
+            if attrs.get("format") != CACHE_FORMAT or attrs.get("key") != key:
+                raise ValueError("metadata does not match the key")
+            data = np.asarray(group["features"][...])
+            if data.dtype != np.float16 or list(data.shape) != list(attrs["shape"]):
+                raise ValueError(f"stored array {data.dtype} {data.shape} does not match its metadata")
+            if hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest() != attrs["sha256"]:
+                raise ValueError("checksum mismatch")
+            original_size = tuple(int(v) for v in attrs["original_size"])
+            input_size = tuple(int(v) for v in attrs["input_size"])
+        except Exception:  # any damage: unreadable metadata, truncated chunk, wrong checksum
+            with self._lock:
+                self.corrupt_entries += 1
+            shutil.rmtree(path, ignore_errors=True)
+            return None
+        features = torch.from_numpy(data.astype(np.float32))
+        return Embedding(features, original_size, input_size)  # type: ignore[arg-type]
+
+    def put(self, key: str, embedding: Embedding) -> int:
+        """Write ``embedding`` as float16 atomically (temporary folder + rename). Returns bytes on disk."""
+        import zarr
+        from zarr.codecs import ZstdCodec
+
+        final = self.path(key)
+        if final.is_dir():
+            return self.entry_bytes(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temporary = final.parent / f".tmp-{key[:16]}-{uuid.uuid4().hex}"
+        data = np.ascontiguousarray(embedding.features.detach().to("cpu", torch.float32).numpy().astype(np.float16))
+        attrs = {
+            "format": CACHE_FORMAT,
+            "key": key,
+            "shape": list(data.shape),
+            "sha256": hashlib.sha256(data.tobytes()).hexdigest(),
+            "original_size": [int(v) for v in embedding.original_size],
+            "input_size": [int(v) for v in embedding.input_size],
+        }
+        try:
+            group = zarr.open_group(str(temporary), mode="w")
+            array = group.create_array(
+                "features", shape=data.shape, dtype=data.dtype, chunks=data.shape, compressors=[ZstdCodec(level=1)]
+            )
+            array[...] = data
+            group.attrs.update(attrs)
+            try:
+                os.replace(temporary, final)
+            except OSError:
+                if not final.is_dir():  # not a lost race with another writer of the same key
+                    raise
+        finally:
+            if temporary.exists():
+                shutil.rmtree(temporary, ignore_errors=True)
+        return self.entry_bytes(key)
+
+    def entry_bytes(self, key: str) -> int:
+        """Bytes on disk of one entry (all its files), 0 if absent."""
+        path = self.path(key)
+        if not path.is_dir():
+            return 0
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
