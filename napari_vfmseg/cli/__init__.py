@@ -16,6 +16,11 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("info", "napari_vfmseg.cli.info"),
     ("demo", "napari_vfmseg.cli.demo"),
     ("models", "napari_vfmseg.cli.models"),
+    ("embed", "napari_vfmseg.cli.embed"),
+    ("bench", "napari_vfmseg.cli.bench"),
+    ("evaluate", "napari_vfmseg.cli.evaluate"),
+    ("finetune", "napari_vfmseg.cli.finetune"),
+    ("segment", "napari_vfmseg.cli.segment"),
 ]
 
 
