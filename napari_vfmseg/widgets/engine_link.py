@@ -1,0 +1,258 @@
+"""The engine as the annotator sees it: one Segmenter, its calls off the UI thread, background embedding.
+
+:class:`EngineLink` gives the engine the image being annotated (``set_volume`` along the axis on
+screen, or ``set_image`` for a 2D image), embeds the plane on screen first and the others in the
+background (the engine's prefetch, followed by a napari generator worker), and runs predictions
+for the :class:`~napari_vfmseg.widgets.session.AnnotationSession`'s requests. Every engine call
+runs on a worker thread, one at a time (:class:`~napari_vfmseg.widgets.workers.JobQueue`); the UI
+thread only receives results through signals.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import numpy as np
+from qtpy.QtCore import QObject, Signal
+
+from napari_vfmseg.widgets.planes import Plane
+from napari_vfmseg.widgets.session import AnnotationSession
+from napari_vfmseg.widgets.workers import JobQueue, watch_prefetch
+
+__all__ = ["EngineLink"]
+
+
+class EngineLink(QObject):
+    """Drives a :class:`~napari_vfmseg.engine.Segmenter` for one annotation session at a time.
+
+    Signals: ``ready()`` once the engine holds the image; ``progress(done, total)`` of background
+    embedding (``total`` 0 = busy without a count); ``predicted(plane, prediction, milliseconds)``
+    when the session accepted a new mask; ``failed(context, error)`` for any engine error.
+    """
+
+    ready = Signal()
+    progress = Signal(int, int)
+    predicted = Signal(object, object, float)
+    failed = Signal(str, object)
+
+    def __init__(self, parent: Optional[QObject] = None) -> None:
+        super().__init__(parent)
+        self.segmenter = None
+        self.session: Optional[AnnotationSession] = None
+        self.jobs = JobQueue(self)
+        self.axis: Optional[int] = None          # the plane axis the engine holds (None: 2D image)
+        self.stats: dict = {"embed_seconds": None, "predict_ms": []}
+        self._ready = False
+        self._token: Optional[object] = None
+        self._embedded: set[int] = set()
+        self._handle = None
+        self._watcher = None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def is_ready(self) -> bool:
+        """The engine holds the current image (and axis): predictions can run."""
+        return self._ready
+
+    @property
+    def busy(self) -> bool:
+        """An engine job (set image, prediction) is queued or running."""
+        return self.jobs.busy
+
+    @property
+    def prefetching(self) -> bool:
+        return self._handle is not None and self._handle.running
+
+    @property
+    def embedded_count(self) -> int:
+        return len(self._embedded)
+
+    def plane_embedded(self, plane: Optional[Plane]) -> bool:
+        """True when ``plane``'s embedding is known to be cached (a click answers at once)."""
+        if plane is None or not self._ready:
+            return False
+        return plane.axis is None or (plane.axis == self.axis and plane.index in self._embedded)
+
+    def set_segmenter(self, segmenter) -> None:
+        """Use ``segmenter`` from now on (the previous one's background work is cancelled)."""
+        self.stop_prefetch()
+        if self.segmenter is not None and self.segmenter is not segmenter:
+            self.segmenter.cancel()
+        self.segmenter = segmenter
+        self.stats["embed_seconds"] = None
+
+    def detach(self) -> None:
+        """Forget the session: queued jobs dropped, background embedding stopped."""
+        self.stop_prefetch()
+        self.jobs.discard()
+        self.session = None
+        self._token = None
+        self._ready = False
+        self._embedded = set()
+
+    def close(self) -> None:
+        self.detach()
+        self.jobs.close()
+        if self.segmenter is not None:
+            self.segmenter.cancel()
+
+    # ------------------------------------------------------------------ the image
+
+    def configure(
+        self,
+        session: AnnotationSession,
+        image: np.ndarray,
+        axis: Optional[int],
+        window,
+        modality: Optional[str],
+        current_plane: Callable[[], Optional[Plane]],
+    ) -> None:
+        """Give the engine ``image`` (a volume sliced along ``axis``, or a 2D image) for ``session``.
+
+        When done: ``ready`` is emitted, background embedding starts at ``current_plane()``, and
+        every plane of ``session`` with prompts along ``axis`` is predicted again.
+        """
+        self.stop_prefetch()
+        self.session = session
+        self._ready = False
+        self._embedded = set()
+        segmenter = self.segmenter
+        if segmenter is None:
+            return
+        token = object()
+        self._token = token
+        self.progress.emit(0, 0)
+
+        def prepare():
+            if token is not self._token:
+                return None
+
+            def job():
+                started = time.perf_counter()
+                if session.ndim == 3:
+                    segmenter.set_volume(image, axis=axis, window=window, modality=modality)
+                else:
+                    segmenter.set_image(image, window=window, modality=modality)
+                return time.perf_counter() - started
+
+            return job
+
+        def done(seconds: float) -> None:
+            if token is not self._token:
+                return
+            self._ready = True
+            self.axis = axis
+            if session.ndim == 2:
+                self._embedded = {0}
+                self.stats["embed_seconds"] = seconds
+                self.progress.emit(1, 1)
+            else:
+                self.start_prefetch(current_plane())
+            self.ready.emit()
+            for plane in session.planes_with_prompts():
+                if plane.axis == axis:
+                    self.request(plane)
+
+        def failed(error: BaseException) -> None:
+            if token is self._token:
+                self.progress.emit(0, 1)
+                self.failed.emit("preparing the image for the model", error)
+
+        self.jobs.submit("engine", prepare, done, failed)
+
+    # ------------------------------------------------------------------ background embedding
+
+    def start_prefetch(self, plane: Optional[Plane]) -> None:
+        """Embed ``plane`` first, then the planes around it, on the engine's background thread."""
+        self.stop_prefetch()
+        segmenter = self.segmenter
+        if segmenter is None or plane is None or plane.axis is None or plane.axis != self.axis or not self._ready:
+            return
+        segmenter.current_plane = plane.index
+        started = time.perf_counter()
+        first_done: dict[int, float] = {}
+
+        def record(done: int, total: int, index: int) -> None:  # engine thread: plain dict writes only
+            first_done.setdefault(int(index), time.perf_counter() - started)
+
+        handle = segmenter.prefetch(callback=record)
+        self._handle = handle
+
+        def progress(value: tuple[int, int]) -> None:
+            if handle is not self._handle:
+                return
+            done, total = value
+            self._embedded.update(handle.order[:done])
+            if handle.order and handle.order[0] in first_done and self.stats["embed_seconds"] is None:
+                self.stats["embed_seconds"] = first_done[handle.order[0]]
+            self.progress.emit(done, max(1, total))
+
+        def failed(error: BaseException) -> None:
+            if handle is self._handle:
+                self.failed.emit("embedding planes in the background", error)
+
+        def finished() -> None:
+            if handle is self._handle:
+                self._watcher = None
+
+        self._watcher = watch_prefetch(handle, progress, failed, finished)
+
+    def follow(self, plane: Optional[Plane]) -> None:
+        """The viewer moved to ``plane``: embed around it unless it is cached or being embedded now."""
+        handle = self._handle
+        if plane is None or not self._ready or plane.axis != self.axis or plane.index in self._embedded:
+            return
+        in_flight = handle is not None and handle.running and handle.done < len(handle.order) and handle.order[handle.done] == plane.index
+        if not in_flight:
+            self.start_prefetch(plane)
+
+    def stop_prefetch(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._watcher is not None:
+            self._watcher.quit()
+        self._handle = None
+        self._watcher = None
+
+    # ------------------------------------------------------------------ predictions
+
+    def request(self, plane: Plane) -> None:
+        """Predict ``plane`` from the session's current prompts (the newest request per plane wins)."""
+        session, segmenter = self.session, self.segmenter
+        if session is None or segmenter is None:
+            return
+
+        def prepare():
+            if session is not self.session or segmenter is not self.segmenter or not self._ready:
+                return None
+            if plane.axis != self.axis:
+                return None
+            request = session.request(plane)
+            if request is None:
+                return None
+
+            def job():
+                started = time.perf_counter()
+                prediction = request.run(segmenter)
+                return request, prediction, time.perf_counter() - started
+
+            return job
+
+        def done(result) -> None:
+            request, prediction, seconds = result
+            if session is not self.session:
+                return
+            if plane.axis is not None:
+                self._embedded.add(plane.index)
+            if session.accept(request, prediction):
+                milliseconds = seconds * 1000.0
+                self.stats["predict_ms"] = (self.stats["predict_ms"] + [milliseconds])[-200:]
+                self.predicted.emit(plane, prediction, milliseconds)
+
+        self.jobs.submit(("predict", plane), prepare, done, lambda error: self.failed.emit(f"segmenting {plane.describe()}", error))
+
+    def discard_predictions(self) -> None:
+        """Drop queued predictions (their prompts are gone)."""
+        self.jobs.discard(lambda key: isinstance(key, tuple) and key[0] == "predict")

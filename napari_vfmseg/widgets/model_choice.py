@@ -1,0 +1,82 @@
+"""Which model the annotator and the demo use when the user has not chosen one.
+
+:func:`default_model_name` is the single place where that policy lives. Qt-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+__all__ = ["default_model_name", "BUILTIN_MODEL", "NO_MODEL_HELP", "ModelSource", "load_engine"]
+
+BUILTIN_MODEL = "builtin"
+
+NO_MODEL_HELP = (
+    "no model weights are on this machine yet: choose a registry model to download "
+    "(`vfmseg models --download NAME`, or pick it in the widget) or a checkpoint file"
+)
+
+
+def default_model_name() -> Optional[str]:
+    """The registry model to use by default, or None when the user must choose.
+
+    Policy: the built-in model if the registry has it and its weights are present; else the first
+    registry model (registry order, smallest first) whose weights are present locally; else None
+    (ask the user — nothing is downloaded behind their back).
+    """
+    from napari_vfmseg.widgets._gl_compat import guard_triton
+
+    guard_triton()
+    from napari_vfmseg.models import list_models
+
+    records = list_models()
+    for record in records:
+        if record["name"] == BUILTIN_MODEL and record["present"]:
+            return BUILTIN_MODEL
+    for record in records:
+        if record["present"]:
+            return str(record["name"])
+    return None
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What the user chose: a registry ``name``, a ``checkpoint`` file, or both (other weights for
+    that registry model's architecture); an optional fine-tuned ``adapter`` file; the ``device``."""
+
+    name: Optional[str] = None
+    checkpoint: Optional[str] = None
+    adapter: Optional[str] = None
+    device: str = "auto"
+
+    def describe(self) -> str:
+        base = self.name or (self.checkpoint or "no model")
+        if self.name and self.checkpoint:
+            base = f"{self.name} ({self.checkpoint})"
+        return base + (f" + adapter {self.adapter}" if self.adapter else "")
+
+
+def load_engine(source: ModelSource, cache_dir=None, download: bool = True):
+    """Load the model of ``source`` (applying its adapter) and return a ready Segmenter.
+
+    Slow (reads, maybe downloads, weights): call it off the UI thread. ``cache_dir``: the disk
+    embedding cache (None: memory only). Raises ValueError / FileNotFoundError with the reason.
+    """
+    from napari_vfmseg.widgets._gl_compat import guard_triton
+
+    guard_triton()
+    from napari_vfmseg.engine import Segmenter
+    from napari_vfmseg.models import load_model
+
+    if source.name:
+        model = load_model(source.name, device=source.device, checkpoint=source.checkpoint, download=download)
+    elif source.checkpoint:
+        model = load_model(source.checkpoint, device=source.device, download=download)
+    else:
+        raise ValueError(NO_MODEL_HELP)
+    if source.adapter:
+        from napari_vfmseg.training.adapters import apply_adapter
+
+        apply_adapter(model, source.adapter)
+    return Segmenter(model, cache_dir=cache_dir)

@@ -1,0 +1,317 @@
+"""An annotation session: prompts per plane, the preview, committed objects, undo/redo, export.
+
+Qt-free and napari-free. The annotator widget turns layer events into calls here and shows the
+results; the expensive call (:meth:`PredictionRequest.run`, the model) runs wherever the caller
+puts it — the widget runs it on a worker thread.
+
+Arrays, in array axis order:
+
+* ``labels``  (plane, row, col) or (row, col) unsigned ints: the committed objects, shared with
+  the napari Labels layer that shows them (napari's paint/erase tools write into it directly).
+* ``preview`` same shape, uint8: 1 where the current, not yet committed, object is.
+
+Prompts are kept per :class:`~napari_vfmseg.widgets.planes.Plane`; each plane with prompts has
+its own prediction, and the preview is their union. A correction click (prompts that extend the
+previous ones by new points) feeds the previous low-resolution logits back to the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Protocol, Sequence
+
+import numpy as np
+
+from napari_vfmseg.widgets.history import EditHistory, LabelEdit
+from napari_vfmseg.widgets.objects import ObjectRecord, ObjectTable
+from napari_vfmseg.widgets.planes import Plane, intersection_line, plane_region, plane_shape
+from napari_vfmseg.widgets.prompts import PlanePrompts
+
+__all__ = ["AnnotationSession", "PredictionRequest", "Predictor", "ExportResult", "object_table_paths"]
+
+
+class Predictor(Protocol):
+    """What a session needs from the engine: :meth:`napari_vfmseg.engine.Segmenter.predict`."""
+
+    def predict(self, points=None, point_labels=None, box=None, mask_input=None, multimask=None, plane=None) -> Any:
+        ...
+
+
+@dataclass(frozen=True)
+class PredictionRequest:
+    """One model call: the prompts of ``plane`` and the logits of the mask they correct (or None)."""
+
+    plane: Plane
+    prompts: PlanePrompts
+    mask_input: Optional[np.ndarray]
+    epoch: int
+
+    def run(self, predictor: Predictor):
+        """Call the model (safe on any thread; touches no session state). Returns its Prediction."""
+        points, labels, box = self.prompts.arrays()
+        return predictor.predict(
+            points=points,
+            point_labels=labels,
+            box=box,
+            mask_input=self.mask_input,
+            plane=None if self.plane.axis is None else self.plane.index,
+        )
+
+
+@dataclass
+class _PlaneResult:
+    prompts: PlanePrompts
+    mask: np.ndarray               # bool (rows, cols)
+    logits: Optional[np.ndarray]   # low-resolution logits of mask, fed back on a correction click
+    score: float
+    epoch: int
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    labels: Path
+    csv: Path
+    json: Path
+
+
+def object_table_paths(labels_path: str | Path) -> tuple[Path, Path]:
+    """(CSV, JSON) paths written beside an exported label file: ``<stem>.objects.csv/json``."""
+    from napari_vfmseg.io.reader import path_extension
+
+    path = Path(labels_path)
+    extension = path_extension(path)
+    stem = path.name[: -len(extension)] if extension else path.name
+    return path.with_name(f"{stem}.objects.csv"), path.with_name(f"{stem}.objects.json")
+
+
+class AnnotationSession:
+    """State of one annotated image.
+
+    ``shape``: spatial shape, (plane, row, col) or (row, col) — an RGB image's channels excluded.
+    ``geometry``: ``{"spacing", "origin", "direction"}`` in array order (mm), written with exports
+    and used for the physical size of objects. ``labels``: an existing label map to continue
+    (shared, not copied), or None for a new one (uint16). ``history_size``: undo steps kept.
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        geometry: dict,
+        labels: Optional[np.ndarray] = None,
+        history_size: int = 32,
+    ) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        if len(self.shape) not in (2, 3) or min(self.shape) < 1:
+            raise ValueError(f"can only annotate 2D or 3D images; got spatial shape {self.shape}")
+        self.geometry = {
+            "spacing": tuple(float(s) for s in geometry["spacing"]),
+            "origin": tuple(float(o) for o in geometry["origin"]),
+            "direction": np.asarray(geometry["direction"], dtype=float),
+        }
+        if len(self.geometry["spacing"]) != self.ndim:
+            raise ValueError(f"geometry has {len(self.geometry['spacing'])} spacings for a {self.ndim}D image")
+        self.history = EditHistory(history_size)
+        self.labels = np.zeros(self.shape, dtype=np.uint16)
+        self.table = ObjectTable(self.geometry["spacing"])
+        if labels is not None:
+            self.set_labels(labels)
+        self.preview = np.zeros(self.shape, dtype=np.uint8)
+        self.epoch = 0   # bumped when the model or the window changes: older logits are not fed back
+        self._prompts: dict[Plane, PlanePrompts] = {}
+        self._results: dict[Plane, _PlaneResult] = {}
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def set_labels(self, labels: np.ndarray) -> None:
+        """Commit into ``labels`` from now on (shared, not copied); its objects join the table, history restarts."""
+        if not isinstance(labels, np.ndarray):
+            raise ValueError(f"the target labels must be an in-memory numpy array; got {type(labels).__name__}")
+        if labels.shape != self.shape:
+            raise ValueError(f"labels of shape {labels.shape} do not match the image of shape {self.shape}")
+        if labels.dtype.kind not in "ui":
+            raise ValueError(f"labels must hold integers; got dtype {labels.dtype}")
+        self.labels = labels
+        self.table = ObjectTable(self.geometry["spacing"])
+        self.table.refresh(self.labels)
+        self.history.clear()
+
+    # ------------------------------------------------------------------------ prompts
+
+    def plane_shape(self, plane: Plane) -> tuple[int, int]:
+        return plane_shape(self.shape, plane)
+
+    def prompts(self, plane: Plane) -> PlanePrompts:
+        return self._prompts.get(plane, PlanePrompts())
+
+    def planes_with_prompts(self) -> list[Plane]:
+        return sorted(self._prompts, key=lambda p: (-1 if p.axis is None else p.axis, p.index))
+
+    def set_axis_prompts(self, axis: Optional[int], by_index: dict[int, PlanePrompts]) -> list[Plane]:
+        """Replace the prompts of every plane along ``axis`` (None: the 2D image, index 0).
+
+        Planes missing from ``by_index`` lose their prompts. Returns the planes whose prompts
+        changed; a plane left without an object prompt (a positive point or a box) loses its
+        prediction at once, the others keep theirs until :meth:`accept` gives a new one.
+        """
+        new = {}
+        for index, prompts in by_index.items():
+            plane = Plane(axis, int(index))
+            self.plane_shape(plane)  # raises for a plane outside the image
+            if not prompts.empty:
+                new[plane] = prompts
+        current = {p: pr for p, pr in self._prompts.items() if p.axis == axis}
+        changed = []
+        for plane in sorted(set(current) | set(new)):
+            if current.get(plane) == new.get(plane):
+                continue
+            changed.append(plane)
+            if plane in new:
+                self._prompts[plane] = new[plane]
+            else:
+                del self._prompts[plane]
+            if plane not in new or not new[plane].has_object_prompt:
+                if self._results.pop(plane, None) is not None:
+                    self._compose(plane)
+        return changed
+
+    def request(self, plane: Plane) -> Optional[PredictionRequest]:
+        """The model call for ``plane``'s current prompts; None when they hold no object prompt."""
+        prompts = self._prompts.get(plane)
+        if prompts is None or not prompts.has_object_prompt:
+            return None
+        previous = self._results.get(plane)
+        mask_input = None
+        if previous is not None and previous.epoch == self.epoch and previous.logits is not None and prompts.extends(previous.prompts):
+            mask_input = previous.logits
+        return PredictionRequest(plane, prompts, mask_input, self.epoch)
+
+    def requests(self) -> list[PredictionRequest]:
+        """Requests for every plane with an object prompt (after a model or window change)."""
+        return [r for r in (self.request(p) for p in self.planes_with_prompts()) if r is not None]
+
+    def invalidate(self) -> None:
+        """The model or its input changed: previous logits are not fed back any more."""
+        self.epoch += 1
+
+    def accept(self, request: PredictionRequest, prediction) -> bool:
+        """Store ``prediction`` (a Prediction: mask (rows, cols) bool, logits, score) for its plane.
+
+        Ignored (returns False) when the plane's prompts or the model changed since the request.
+        """
+        plane = request.plane
+        if self._prompts.get(plane) != request.prompts or request.epoch != self.epoch:
+            return False
+        mask = np.asarray(prediction.mask, dtype=bool)
+        if mask.shape != self.plane_shape(plane):
+            raise ValueError(f"the model returned a mask of shape {mask.shape} for {plane.describe()} of shape {self.plane_shape(plane)}")
+        logits = getattr(prediction, "logits", None)
+        self._results[plane] = _PlaneResult(
+            request.prompts, mask, None if logits is None else np.asarray(logits), float(getattr(prediction, "score", 0.0)), request.epoch
+        )
+        self._compose(plane)
+        return True
+
+    def mask(self, plane: Plane) -> Optional[np.ndarray]:
+        """The predicted mask of ``plane`` (bool (rows, cols)), or None."""
+        result = self._results.get(plane)
+        return None if result is None else result.mask
+
+    def score(self, plane: Plane) -> Optional[float]:
+        result = self._results.get(plane)
+        return None if result is None else result.score
+
+    def clear_prompts(self) -> list[Plane]:
+        """Forget every prompt and prediction; the preview becomes empty. Returns the planes cleared."""
+        cleared = sorted(set(self._prompts) | set(self._results), key=lambda p: (-1 if p.axis is None else p.axis, p.index))
+        self._prompts.clear()
+        self._results.clear()
+        self.preview[...] = 0
+        return cleared
+
+    def _compose(self, plane: Plane) -> None:
+        """Rewrite ``plane``'s slice of the preview: its own mask OR the crossings of other axes' masks."""
+        view = self.preview[plane_region(self.ndim, plane)]
+        view[...] = 0
+        own = self._results.get(plane)
+        if own is not None:
+            view[own.mask] = 1
+        for other, result in self._results.items():
+            crossing = intersection_line(result.mask, other, plane)
+            if crossing is not None:
+                index, line = crossing
+                view[index] |= line.astype(np.uint8)
+
+    # ------------------------------------------------------------------------ objects
+
+    def commit(self, name: Optional[str] = None) -> Optional[ObjectRecord]:
+        """Write the preview into ``labels`` under a new id (over whatever was there); clear prompts.
+
+        Returns the new object, or None when the preview is empty.
+        """
+        where = self.preview > 0
+        if not where.any():
+            return None
+        new_id = self.table.next_id(self.labels)
+        if self.labels.dtype.kind in "ui" and new_id > np.iinfo(self.labels.dtype).max:
+            raise ValueError(f"the target labels ({self.labels.dtype}) cannot hold another object id ({new_id})")
+        before = self.table.snapshot()
+        edit = LabelEdit.assign(self.labels, where, new_id, f"commit object {new_id}")
+        edit.apply(self.labels)
+        record = self.table.add(new_id, name)
+        self.table.refresh(self.labels)
+        edit.table_before, edit.table_after = before, self.table.snapshot()
+        self.history.push(edit)
+        self.clear_prompts()
+        return record
+
+    def delete_object(self, label_id: int) -> None:
+        """Erase object ``label_id`` from the labels and the table (undoable)."""
+        record = self.table.get(label_id)
+        before = self.table.snapshot()
+        edit = LabelEdit.assign(self.labels, self.labels == record.id, 0, f"delete object {record.id}")
+        self.table.remove(record.id)
+        if edit is None:  # no voxels left: only the table entry goes
+            return
+        edit.apply(self.labels)
+        self.table.refresh(self.labels)
+        edit.table_before, edit.table_after = before, self.table.snapshot()
+        self.history.push(edit)
+
+    def undo(self) -> Optional[LabelEdit]:
+        """Undo the latest commit or deletion (labels exactly as before it). None if nothing to undo."""
+        edit = self.history.undo(self.labels)
+        if edit is not None:
+            self._restore_table(edit.table_before)
+        return edit
+
+    def redo(self) -> Optional[LabelEdit]:
+        edit = self.history.redo(self.labels)
+        if edit is not None:
+            self._restore_table(edit.table_after)
+        return edit
+
+    def _restore_table(self, snapshot: list[ObjectRecord]) -> None:
+        """Bring back the snapshot's set of objects, keeping current names/visibility of those that stayed."""
+        current = {r.id: r for r in self.table.records()}
+        self.table.restore([current.get(r.id, r) for r in snapshot])
+        self.table.refresh(self.labels)
+
+    def labels_edited(self) -> list[int]:
+        """The labels were changed outside the session (brush, eraser, fill): recount. Returns new ids."""
+        return self.table.refresh(self.labels)
+
+    # ------------------------------------------------------------------------ export
+
+    def export(self, path: str | Path, extra: Optional[dict] = None) -> ExportResult:
+        """Write the labels with the image geometry, and the object table as CSV and JSON beside them."""
+        from napari_vfmseg.io import write_labels
+
+        self.table.refresh(self.labels)
+        written = Path(write_labels(path, self.labels, **self.geometry))
+        csv_path, json_path = object_table_paths(written)
+        self.table.write_csv(csv_path)
+        self.table.write_json(json_path, {"labels_file": written.name, **(extra or {})})
+        return ExportResult(written, csv_path, json_path)
