@@ -242,3 +242,31 @@ def test_cli_evaluate_human_output_and_errors(tmp_path, monkeypatch, capsys):
     assert main(["evaluate", str(image_path), str(labels_path), "--adapter", str(adapter)]) == 2
     err = capsys.readouterr().err
     assert other.fingerprint in err and tiny_loaded_model().fingerprint in err
+
+
+def test_cli_evaluate_3d_reports_propagation_beside_baselines(tmp_path, monkeypatch, capsys):
+    import json
+
+    import SimpleITK as sitk
+
+    import napari_vfmseg.models as models
+    from napari_vfmseg.cli import main
+
+    from _tiny_models import synthetic_volume, tiny_loaded_model
+
+    monkeypatch.setattr(models, "load_model", lambda name, device="auto", **kw: tiny_loaded_model())
+    image, labels = synthetic_volume(planes=6, size=64, seed=3)
+    image_path, labels_path = tmp_path / "mr.nrrd", tmp_path / "seg.nrrd"
+    for array, path in ((image, image_path), (labels.astype(np.uint8), labels_path)):
+        itk = sitk.GetImageFromArray(array)
+        itk.SetSpacing((0.5, 0.5, 2.0))
+        sitk.WriteImage(itk, str(path))
+    assert main(["evaluate", str(image_path), str(labels_path), "--3d", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_objects"] >= 1 and report["axis"] == 0
+    assert report["spacing"] == [2.0, 0.5, 0.5]
+    group = report["all"]
+    assert 0.0 <= group["dice_mean"] <= 1.0
+    assert 0.0 < group["extent_baseline_dice_mean"] <= 1.0
+    assert main(["evaluate", str(image_path), str(labels_path), "--3d"]) == 0
+    assert "3D evaluation along axis 0" in capsys.readouterr().out

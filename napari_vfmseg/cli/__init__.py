@@ -28,6 +28,19 @@ class UserError(Exception):
     """Bad input from the user: printed as one line on stderr, exit code 2."""
 
 
+def model_argument(name: str | None) -> str:
+    """The model a subcommand uses: the one named, else the default policy's choice.
+
+    With no weights present at all this is ``vit_b``, so loading fails with the message that says
+    which file to fetch and where to put it.
+    """
+    if name:
+        return name
+    from napari_vfmseg.models import default_model_name
+
+    return default_model_name() or "vit_b"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from napari_vfmseg import __version__
 

@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
         ),
     )
     parser.add_argument("volume", metavar="VOLUME", help="image file or DICOM folder (anything vfmseg reads)")
-    parser.add_argument("--model", default="vit_b", help="registry name or checkpoint path (default: vit_b)")
+    parser.add_argument("--model", default=None, help="registry name or checkpoint path (default: the built-in model, else the first model whose weights are present)")
     parser.add_argument("--cache-dir", required=True, help="folder of the embedding cache (created if missing)")
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="plane axis (0 = axial for CT; default 0)")
     parser.add_argument(
@@ -55,6 +55,7 @@ def parse_window(text: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_vfmseg.cli import model_argument
     from napari_vfmseg.cli import UserError
     from napari_vfmseg.engine import Segmenter
     from napari_vfmseg.io import read_volume
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     array = volume.array
     if getattr(volume, "is_rgb", False) or array.ndim != 3:
         raise UserError(f"{args.volume}: embed needs a 3D volume; got an array of shape {array.shape}")
-    model = load_model(args.model, device=args.device)
+    model = load_model(model_argument(args.model), device=args.device)
     segmenter = Segmenter(model, cache_dir=args.cache_dir, accelerate=args.accelerate, batch_size=args.batch_size)
     resolved = segmenter.set_volume(array, axis=args.axis, window=window, modality=getattr(volume, "modality", None))
     count = segmenter.plane_count

@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("volume", metavar="VOLUME", help="image file or DICOM folder")
     parser.add_argument("labels", metavar="LABELS", help="label map with the same shape as VOLUME")
     parser.add_argument("--out", required=True, metavar="ADAPTER", help="adapter file to write (.safetensors)")
-    parser.add_argument("--model", default="vit_b", help="registry name or checkpoint path (default: vit_b)")
+    parser.add_argument("--model", default=None, help="registry name or checkpoint path (default: the built-in model, else the first model whose weights are present)")
     parser.add_argument("--mode", default="decoder", choices=("decoder", "encoder-lora", "full"),
                         help="what trains (default: decoder)")
     parser.add_argument("--rank", type=int, default=4, help="LoRA rank (encoder-lora, or --decoder-lora; default 4)")
@@ -69,6 +69,7 @@ def _read_pair(volume_path: str, labels_path: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_vfmseg.cli import model_argument
     from pathlib import Path
 
     from napari_vfmseg.cli import UserError
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         prompts_per_image=args.prompts_per_image, grad_accum=args.grad_accum, val_every=args.val_every,
         early_stop_patience=args.patience, min_pixels=args.min_pixels, seed=args.seed,
     )
-    model = load_model(args.model, device=args.device)
+    model = load_model(model_argument(args.model), device=args.device)
 
     embedder = None
     if args.mode == "decoder":

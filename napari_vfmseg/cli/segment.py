@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--points", default=None, metavar='"P,R,C[,L];..."', help=_POINTS_HELP)
     parser.add_argument("--propagate", action="store_true", help="propagate the key-plane masks through the volume")
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="plane axis (0 = axial for CT; default 0)")
-    parser.add_argument("--model", default="builtin", help="registry name or checkpoint path (default: builtin)")
+    parser.add_argument("--model", default=None, help="registry name or checkpoint path (default: the built-in model, else the first model whose weights are present)")
     parser.add_argument("--adapter", default=None, help="adapter file (.safetensors) to apply to the model")
     parser.add_argument("--out", default=None, metavar="MASK",
                         help="label file to write (.nii.gz, .nii, .nrrd, .mha, .mhd; default: VOLUMENAME_mask.nii.gz here)")
@@ -154,6 +154,7 @@ def default_output(volume_path: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_vfmseg.cli import model_argument
     import numpy as np
 
     from napari_vfmseg.cli import UserError
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_vfmseg.models import load_model
 
     started = time.perf_counter()
-    model = load_model(args.model, device=args.device)
+    model = load_model(model_argument(args.model), device=args.device)
     if args.adapter:
         from napari_vfmseg.training.adapters import apply_adapter
 

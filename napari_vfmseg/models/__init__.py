@@ -22,6 +22,8 @@ from napari_vfmseg.models.loading import (
 )
 from napari_vfmseg.models.paths import vfmseg_home, weights_dir
 from napari_vfmseg.models.registry import (
+    BUILTIN_MODEL,
+    default_model_name,
     ARCHITECTURES,
     ModelSpec,
     get_spec,
@@ -34,6 +36,8 @@ from napari_vfmseg.models.registry import (
 
 __all__ = [
     "ARCHITECTURES",
+    "BUILTIN_MODEL",
+    "default_model_name",
     "CheckpointMismatchError",
     "LoadedModel",
     "ModelDownloadError",

@@ -302,3 +302,23 @@ def infer_arch(state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint
         f"cannot tell the architecture of {source}: its ViT encoder has width {embed_dim} and "
         f"{depth} blocks, which matches none of {known}; pass arch= explicitly"
     )
+
+
+BUILTIN_MODEL = "builtin"
+
+
+def default_model_name() -> Optional[str]:
+    """The registry model to use when the user names none, or None when no weights are present.
+
+    Policy: the built-in model if the registry has it and its weights are present; else the first
+    registry model (registry order, smallest first) whose weights are present locally; else None.
+    Nothing is downloaded behind the user's back.
+    """
+    records = list_models()
+    for record in records:
+        if record["name"] == BUILTIN_MODEL and record["present"]:
+            return BUILTIN_MODEL
+    for record in records:
+        if record["present"]:
+            return str(record["name"])
+    return None

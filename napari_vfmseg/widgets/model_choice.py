@@ -10,7 +10,7 @@ from typing import Optional
 
 __all__ = ["default_model_name", "BUILTIN_MODEL", "NO_MODEL_HELP", "ModelSource", "load_engine"]
 
-BUILTIN_MODEL = "builtin"
+from napari_vfmseg.models.registry import BUILTIN_MODEL  # noqa: F401  (re-exported)
 
 NO_MODEL_HELP = (
     "no model weights are on this machine yet: choose a registry model to download "
@@ -19,25 +19,13 @@ NO_MODEL_HELP = (
 
 
 def default_model_name() -> Optional[str]:
-    """The registry model to use by default, or None when the user must choose.
-
-    Policy: the built-in model if the registry has it and its weights are present; else the first
-    registry model (registry order, smallest first) whose weights are present locally; else None
-    (ask the user — nothing is downloaded behind their back).
-    """
+    """:func:`napari_vfmseg.models.default_model_name`, imported safely inside a running viewer."""
     from napari_vfmseg.widgets._gl_compat import guard_triton
 
     guard_triton()
-    from napari_vfmseg.models import list_models
+    from napari_vfmseg.models import default_model_name as registry_default
 
-    records = list_models()
-    for record in records:
-        if record["name"] == BUILTIN_MODEL and record["present"]:
-            return BUILTIN_MODEL
-    for record in records:
-        if record["present"]:
-            return str(record["name"])
-    return None
+    return registry_default()
 
 
 @dataclass(frozen=True)
