@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -93,51 +93,33 @@ class LoRAConfig:
         }
 
 
-class LoRALinear(nn.Linear):
-    """``nn.Linear`` plus a low-rank update; the base ``weight`` and ``bias`` are frozen.
+class _LowRankUpdate:
+    """What both LoRA layers share: the frozen base, the no-op start, merge and unmerge.
 
-    Input (..., in_features) → output (..., out_features), like the linear layer it replaces.
-    ``lora_A`` is (rank, in_features), ``lora_B`` (out_features, rank).
+    Subclasses define ``lora_A``, ``lora_B``, ``scaling`` and ``delta_weight()`` (the update in the
+    base weight's shape).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, rank: int, alpha: float,
-                 dropout: float = 0.0, device=None, dtype=None) -> None:
-        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+    merged: bool
+
+    def _init_lora(self, shape_a: tuple[int, ...], shape_b: tuple[int, ...], rank: int, alpha: float,
+                   dropout: float, device, dtype) -> None:
         self.rank = int(rank)
         self.alpha = float(alpha)
         self.scaling = self.alpha / self.rank
-        self.lora_A = nn.Parameter(torch.empty(self.rank, in_features, device=device, dtype=dtype))
-        self.lora_B = nn.Parameter(torch.zeros(out_features, self.rank, device=device, dtype=dtype))
+        self.lora_A = nn.Parameter(torch.empty(*shape_a, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(*shape_b, device=device, dtype=dtype))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.reset_lora()
+        self._freeze_base()
+
+    def _freeze_base(self) -> None:
         self.weight.requires_grad_(False)
         if self.bias is not None:
             self.bias.requires_grad_(False)
-
-    @classmethod
-    def wrap(cls, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> "LoRALinear":
-        """A LoRA layer that shares ``base``'s weight and bias tensors (no copy)."""
-        layer = cls(base.in_features, base.out_features, base.bias is not None, rank, alpha, dropout,
-                    device=base.weight.device, dtype=base.weight.dtype)
-        layer.weight = base.weight
-        layer.bias = base.bias
-        layer.weight.requires_grad_(False)
-        if layer.bias is not None:
-            layer.bias.requires_grad_(False)
-        layer.train(base.training)
-        return layer
-
-    def unwrap(self) -> nn.Linear:
-        """A plain ``nn.Linear`` holding the base weight (the update is taken out if merged)."""
-        if self.merged:
-            self.unmerge()
-        base = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                         device=self.weight.device, dtype=self.weight.dtype)
-        base.weight = self.weight
-        base.bias = self.bias
-        base.train(self.training)
-        return base
 
     def reset_lora(self) -> None:
         """A random (Kaiming-uniform), B zero: the adapter becomes a no-op again."""
@@ -146,10 +128,6 @@ class LoRALinear(nn.Linear):
         with torch.no_grad():
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
             self.lora_B.zero_()
-
-    def delta_weight(self) -> torch.Tensor:
-        """The update ``B @ A * scaling``, shape (out_features, in_features)."""
-        return (self.lora_B @ self.lora_A) * self.scaling
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -165,6 +143,48 @@ class LoRALinear(nn.Linear):
             self.weight.sub_(self.delta_weight().to(self.weight.dtype))
             self.merged = False
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
+
+
+class LoRALinear(_LowRankUpdate, nn.Linear):
+    """``nn.Linear`` plus a low-rank update; the base ``weight`` and ``bias`` are frozen.
+
+    Input (..., in_features) → output (..., out_features), like the linear layer it replaces.
+    ``lora_A`` is (rank, in_features), ``lora_B`` (out_features, rank).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, rank: int, alpha: float,
+                 dropout: float = 0.0, device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._init_lora((rank, in_features), (out_features, rank), rank, alpha, dropout, device, dtype)
+
+    @classmethod
+    def wrap(cls, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> "LoRALinear":
+        """A LoRA layer that shares ``base``'s weight and bias tensors (no copy)."""
+        layer = cls(base.in_features, base.out_features, base.bias is not None, rank, alpha, dropout,
+                    device=base.weight.device, dtype=base.weight.dtype)
+        layer.weight = base.weight
+        layer.bias = base.bias
+        layer._freeze_base()
+        layer.train(base.training)
+        return layer
+
+    def unwrap(self) -> nn.Linear:
+        """A plain ``nn.Linear`` holding the base weight (the update is taken out if merged)."""
+        if self.merged:
+            self.unmerge()
+        base = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                         device=self.weight.device, dtype=self.weight.dtype)
+        base.weight = self.weight
+        base.bias = self.bias
+        base.train(self.training)
+        return base
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update ``B @ A * scaling``, shape (out_features, in_features)."""
+        return (self.lora_B @ self.lora_A) * self.scaling
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
         if self.merged:
@@ -172,11 +192,8 @@ class LoRALinear(nn.Linear):
         update = F.linear(F.linear(self.lora_dropout(x), self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype))
         return out + update * self.scaling
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
 
-
-class LoRAConv1x1(nn.Conv2d):
+class LoRAConv1x1(_LowRankUpdate, nn.Conv2d):
     """A 1 x 1 ``nn.Conv2d`` (groups 1) plus a low-rank update over channels; base frozen.
 
     Input (B, in_channels, H, W) → (B, out_channels, H', W'), like the convolution it replaces.
@@ -191,18 +208,8 @@ class LoRAConv1x1(nn.Conv2d):
                          device=base.weight.device, dtype=base.weight.dtype)
         self.weight = base.weight
         self.bias = base.bias
-        self.rank = int(rank)
-        self.alpha = float(alpha)
-        self.scaling = self.alpha / self.rank
-        kwargs = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(self.rank, base.in_channels, 1, 1, **kwargs))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_channels, self.rank, 1, 1, **kwargs))
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
-        self.reset_lora()
-        self.weight.requires_grad_(False)
-        if self.bias is not None:
-            self.bias.requires_grad_(False)
+        self._init_lora((rank, base.in_channels, 1, 1), (base.out_channels, rank, 1, 1), rank, alpha, dropout,
+                        base.weight.device, base.weight.dtype)
         self.train(base.training)
 
     @classmethod
@@ -222,29 +229,9 @@ class LoRAConv1x1(nn.Conv2d):
         base.train(self.training)
         return base
 
-    def reset_lora(self) -> None:
-        """A random (Kaiming-uniform), B zero: the adapter becomes a no-op again."""
-        if self.merged:
-            self.unmerge()
-        with torch.no_grad():
-            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-            self.lora_B.zero_()
-
     def delta_weight(self) -> torch.Tensor:
         """The update ``B @ A * scaling`` as a (out, in, 1, 1) kernel."""
         return (self.lora_B.flatten(1) @ self.lora_A.flatten(1))[:, :, None, None] * self.scaling
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            self.weight.add_(self.delta_weight().to(self.weight.dtype))
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.weight.sub_(self.delta_weight().to(self.weight.dtype))
-            self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
@@ -252,9 +239,6 @@ class LoRAConv1x1(nn.Conv2d):
             return out
         low = F.conv2d(self.lora_dropout(x), self.lora_A.to(x.dtype), None, self.stride, self.padding, self.dilation)
         return out + F.conv2d(low, self.lora_B.to(x.dtype)) * self.scaling
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
 
 
 LoRALayer = (LoRALinear, LoRAConv1x1)
