@@ -221,11 +221,11 @@ def test_2d_tables_use_square_millimetres_and_bad_targets_are_refused():
 
 
 def test_default_model_policy(monkeypatch):
+    from napari_vfmseg.models import registry
     from napari_vfmseg.widgets import model_choice
-    import napari_vfmseg.models as models
 
     def fake(records):
-        monkeypatch.setattr(models, "list_models", lambda: [{"name": n, "present": p} for n, p in records])
+        monkeypatch.setattr(registry, "list_models", lambda: [{"name": n, "present": p} for n, p in records])
 
     fake([("mobilesam_vit_t", False), ("vit_b", True), ("builtin", True)])
     assert model_choice.default_model_name() == "builtin"

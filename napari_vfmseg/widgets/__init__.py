@@ -4,7 +4,7 @@ Qt-free parts (usable from scripts and tests without a display): :mod:`.session`
 (prompts per plane, preview, commits, undo/redo, export), :mod:`.objects` (object table),
 :mod:`.history`, :mod:`.planes`, :mod:`.prompts`, :mod:`.model_choice` (the default model).
 Qt/napari parts: :mod:`.annotator` (the dock widget), :mod:`.objects_panel`,
-:mod:`.prompt_layers`, :mod:`.workers`.
+:mod:`.prompt_layers`, :mod:`.propagate_panel` (3D propagation), :mod:`.workers`.
 """
 
 from __future__ import annotations

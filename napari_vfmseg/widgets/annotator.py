@@ -11,8 +11,10 @@ model call on a worker thread, never on the UI thread).
 
 Extension point: :meth:`AnnotatorWidget.add_section` adds a panel (3D propagation, fine-tuning)
 under the object list; such panels use the public attributes ``session``, ``segmenter``,
-``image_layer``, ``labels_layer``, :meth:`current_plane`, :meth:`use_segmenter` and the signals
-``model_changed``, ``objects_changed`` and ``preview_changed``.
+``engine``, ``image_layer``, ``labels_layer``, :meth:`current_plane`, :meth:`use_segmenter`,
+:meth:`refresh_preview` and the signals ``model_changed``, ``objects_changed``,
+``preview_changed`` and ``state_changed``. The 3D propagation section
+(:class:`~napari_vfmseg.widgets.propagate_panel.PropagatePanel`) is one.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from napari_vfmseg.widgets.model_choice import NO_MODEL_HELP, ModelSource, defau
 from napari_vfmseg.widgets.model_panel import ModelPanel
 from napari_vfmseg.widgets.objects_panel import ObjectsPanel
 from napari_vfmseg.widgets.planes import Plane
+from napari_vfmseg.widgets.propagate_panel import PropagatePanel
 from napari_vfmseg.widgets.prompt_layers import (
     PREVIEW_COLOUR,
     PromptLayers,
@@ -87,6 +90,7 @@ class AnnotatorWidget(QWidget):
     model_changed = Signal(object)     # the Segmenter now in use
     objects_changed = Signal()         # commit, undo, redo, rename, hide, delete, brush edits
     preview_changed = Signal(object)   # the Plane whose preview changed
+    state_changed = Signal()           # prompts, preview, objects or image changed: sections update their controls
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer", autoload: bool = True) -> None:
         super().__init__()
@@ -203,6 +207,8 @@ class AnnotatorWidget(QWidget):
 
         self.extensions = QVBoxLayout()
         layout.addLayout(self.extensions)
+        self.propagate_panel = PropagatePanel(self)
+        self.add_section("3D propagation", self.propagate_panel)
         help_label = QLabel(SHORTCUTS)
         help_label.setWordWrap(True)
         help_label.setStyleSheet("color: gray;")
@@ -366,7 +372,7 @@ class AnnotatorWidget(QWidget):
             self.session = AnnotationSession(shape, geometry, labels=target.data)
             self.preview_layer = self.viewer.add_labels(self.session.preview, name=f"{layer.name} preview", opacity=0.55, **placement_kwargs(layer))
             self.preview_layer.colormap = _direct_colormap({1: (PREVIEW_COLOUR, True)})
-            self.preview_layer.editable = False
+            self.preview_layer.events.paint.connect(self._on_preview_painted)   # brush corrections of the preview
             self.prompts = PromptLayers(self.viewer, layer, shape)
         finally:
             self._own_layer_change = False
@@ -623,6 +629,31 @@ class AnnotatorWidget(QWidget):
         self._update_buttons()
         return changed
 
+    def _on_preview_painted(self, event=None) -> None:
+        """napari's brush, eraser or fill on the preview: the painted planes keep what they show now."""
+        session = self.session
+        if session is None:
+            return
+        planes = _painted_planes(getattr(event, "value", None), self._prompt_axis, session.shape) or [self.current_plane()]
+        # napari may announce an edit before writing it (a programmatic paint does): record it afterwards
+        QTimer.singleShot(0, lambda: self._record_preview_paint(session, [p for p in planes if p is not None]))
+
+    def _record_preview_paint(self, session: AnnotationSession, planes: list[Plane]) -> None:
+        if session is not self.session:
+            return
+        for plane in planes:
+            session.preview_painted(plane)
+        self.refresh_preview()
+        for plane in planes:
+            self.preview_changed.emit(plane)
+
+    def refresh_preview(self) -> None:
+        """Redraw the preview and update the controls after the session's preview changed outside a
+        prompt (a propagation, painting)."""
+        if self.preview_layer is not None:
+            self.preview_layer.refresh()
+        self._update_buttons()
+
     def _on_predicted(self, plane: Plane, prediction, milliseconds: float) -> None:
         self.preview_layer.refresh()
         self.preview_label.setText(f"preview: {plane.describe()} · score {prediction.score:.2f} · {milliseconds:.0f} ms")
@@ -799,7 +830,7 @@ class AnnotatorWidget(QWidget):
 
     def _update_buttons(self) -> None:
         session = self.session
-        has_prompts = session is not None and bool(session.planes_with_prompts())
+        has_prompts = session is not None and session.has_pending_object
         self.commit_button.setEnabled(has_prompts)
         self.clear_button.setEnabled(has_prompts)
         self.undo_button.setEnabled(session is not None and session.history.can_undo)
@@ -807,6 +838,7 @@ class AnnotatorWidget(QWidget):
         self.delete_button.setEnabled(session is not None and len(session.table) > 0)
         for button in (self.export_button, self.points_mode_button, self.box_mode_button):
             button.setEnabled(session is not None)
+        self.state_changed.emit()
 
     # ================================================================== export
 
@@ -935,6 +967,29 @@ def _direct_colormap(colours: dict[int, tuple[str, bool]]):
         rgba[3] = 1.0 if visible else 0.0
         mapping[int(label_id)] = tuple(rgba)
     return DirectLabelColormap(color_dict=mapping)
+
+
+def _painted_planes(atoms, axis: Optional[int], shape: tuple[int, ...]) -> list[Plane]:
+    """The planes along ``axis`` that a napari Labels paint event's history atoms touched.
+
+    An atom is a masked edit (``slice_key``: a slice per array axis) or an (indices, before, after)
+    triple. A 2D image has one plane. Returns [] when the atoms are not understood.
+    """
+    if not atoms:
+        return []
+    if axis is None:
+        return [Plane(None, 0)]
+    indices: set[int] = set()
+    for atom in atoms:
+        key = getattr(atom, "slice_key", None)
+        if key is not None:
+            start, stop, _ = key[axis].indices(shape[axis])
+            indices.update(range(start, stop))
+        elif isinstance(atom, tuple) and len(atom) == 3 and len(atom[0]) == len(shape):
+            indices.update(int(i) for i in np.unique(np.asarray(atom[0][axis])))
+        else:
+            return []
+    return [Plane(axis, i) for i in sorted(indices) if 0 <= i < shape[axis]]
 
 
 def _is_out_of_memory(error: BaseException) -> bool:

@@ -3,13 +3,15 @@
 :class:`EngineLink` gives the engine the image being annotated (``set_volume`` along the axis on
 screen, or ``set_image`` for a 2D image), embeds the plane on screen first and the others in the
 background (the engine's prefetch, followed by a napari generator worker), and runs predictions
-for the :class:`~napari_vfmseg.widgets.session.AnnotationSession`'s requests. Every engine call
-runs on a worker thread, one at a time (:class:`~napari_vfmseg.widgets.workers.JobQueue`); the UI
-thread only receives results through signals.
+for the :class:`~napari_vfmseg.widgets.session.AnnotationSession`'s requests, and 3D propagations
+of its key planes (:meth:`EngineLink.propagate`, cancellable). Every engine call runs on a worker
+thread, one at a time (:class:`~napari_vfmseg.widgets.workers.JobQueue`); the UI thread only
+receives results through signals.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, Optional
 
@@ -29,12 +31,17 @@ class EngineLink(QObject):
     Signals: ``ready()`` once the engine holds the image; ``progress(done, total)`` of background
     embedding (``total`` 0 = busy without a count); ``predicted(plane, prediction, milliseconds)``
     when the session accepted a new mask; ``failed(context, error)`` for any engine error.
+    ``propagation_progress(done, total, plane)`` during a 3D propagation; ``propagated(result,
+    applied)`` when it ends: the engine's PropagationResult (None when it failed or did not run)
+    and whether the session now shows it.
     """
 
     ready = Signal()
     progress = Signal(int, int)
     predicted = Signal(object, object, float)
     failed = Signal(str, object)
+    propagation_progress = Signal(int, int, int)
+    propagated = Signal(object, bool)
 
     def __init__(self, parent: Optional[QObject] = None) -> None:
         super().__init__(parent)
@@ -48,6 +55,8 @@ class EngineLink(QObject):
         self._embedded: set[int] = set()
         self._handle = None
         self._watcher = None
+        self._current_plane: Callable[[], Optional[Plane]] = lambda: None
+        self._propagation: Optional[threading.Event] = None   # the cancel token of the propagation under way
 
     # ------------------------------------------------------------------ state
 
@@ -84,7 +93,11 @@ class EngineLink(QObject):
         self.stats["embed_seconds"] = None
 
     def detach(self) -> None:
-        """Forget the session: queued jobs dropped, background embedding stopped."""
+        """Forget the session: queued jobs dropped, background embedding and propagation stopped."""
+        token, self._propagation = self._propagation, None
+        if token is not None:   # a running walk stops at its next plane; its result is ignored
+            token.set()
+            self.propagated.emit(None, False)
         self.stop_prefetch()
         self.jobs.discard()
         self.session = None
@@ -115,9 +128,11 @@ class EngineLink(QObject):
         every plane of ``session`` with prompts along ``axis`` is predicted again.
         """
         self.stop_prefetch()
+        self.cancel_propagation()   # it walks the previous image, axis or window
         self.session = session
         self._ready = False
         self._embedded = set()
+        self._current_plane = current_plane
         segmenter = self.segmenter
         if segmenter is None:
             return
@@ -202,7 +217,7 @@ class EngineLink(QObject):
     def follow(self, plane: Optional[Plane]) -> None:
         """The viewer moved to ``plane``: embed around it unless it is cached or being embedded now."""
         handle = self._handle
-        if plane is None or not self._ready or plane.axis != self.axis or plane.index in self._embedded:
+        if plane is None or not self._ready or plane.axis != self.axis or plane.index in self._embedded or self.propagating:
             return
         in_flight = handle is not None and handle.running and handle.done < len(handle.order) and handle.order[handle.done] == plane.index
         if not in_flight:
@@ -256,3 +271,73 @@ class EngineLink(QObject):
     def discard_predictions(self) -> None:
         """Drop queued predictions (their prompts are gone)."""
         self.jobs.discard(lambda key: isinstance(key, tuple) and key[0] == "predict")
+
+    # ------------------------------------------------------------------ 3D propagation
+
+    @property
+    def propagating(self) -> bool:
+        """A propagation is queued or running (until ``propagated`` is emitted)."""
+        return self._propagation is not None
+
+    def propagate(self, **settings) -> bool:
+        """Propagate the session's key planes along the engine's axis, on the worker thread.
+
+        ``settings``: :class:`~napari_vfmseg.engine.PropagationConfig` fields (``min_score=``, ...).
+        The key planes are read when the job starts, after the predictions queued before it.
+        Emits ``propagation_progress`` per predicted plane and ``propagated`` at the end; a
+        cancelled walk leaves the preview as it was. Returns False when one is already under way or
+        there is no 3D image or model.
+        """
+        session, segmenter = self.session, self.segmenter
+        if session is None or segmenter is None or session.ndim != 3 or self._propagation is not None:
+            return False
+        token = threading.Event()
+        self._propagation = token
+
+        def report(done: int, total: int, plane: int) -> None:  # worker thread: a queued signal only
+            self.propagation_progress.emit(int(done), int(total), int(plane))
+
+        def prepare():
+            if token is not self._propagation:
+                return None
+            usable = session is self.session and segmenter is self.segmenter and self._ready and self.axis is not None
+            request = session.propagation_request(self.axis) if usable and not token.is_set() else None
+            if request is None:
+                self._end_propagation(token, None, False)
+                return None
+            self.stop_prefetch()   # the walk embeds the planes it needs, ahead of itself
+
+            def job():
+                from napari_vfmseg.engine import propagate
+
+                return request, propagate(segmenter, request.seeds, axis=request.axis, progress=report, cancel=token, **settings)
+
+            return job
+
+        def done(value) -> None:
+            request, result = value
+            if token is not self._propagation:
+                return
+            applied = session is self.session and not result.cancelled and session.accept_propagation(request, result.mask)
+            self._end_propagation(token, result, applied)
+
+        def failed(error: BaseException) -> None:
+            if token is self._propagation:
+                self._end_propagation(token, None, False)
+                self.failed.emit("propagating through the volume", error)
+
+        self.jobs.submit("propagate", prepare, done, failed)
+        return True
+
+    def cancel_propagation(self) -> None:
+        """Ask the propagation under way to stop after the plane it is predicting."""
+        if self._propagation is not None:
+            self._propagation.set()
+
+    def _end_propagation(self, token: threading.Event, result, applied: bool) -> None:
+        if token is not self._propagation:
+            return
+        self._propagation = None
+        if self.session is not None and self._ready and self.session.ndim == 3 and not self.prefetching:
+            self.start_prefetch(self._current_plane())   # resume embedding around the plane on screen
+        self.propagated.emit(result, bool(applied))

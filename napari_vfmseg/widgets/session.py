@@ -13,6 +13,13 @@ Arrays, in array axis order:
 Prompts are kept per :class:`~napari_vfmseg.widgets.planes.Plane`; each plane with prompts has
 its own prediction, and the preview is their union. A correction click (prompts that extend the
 previous ones by new points) feeds the previous low-resolution logits back to the model.
+
+A plane's *own mask* is what the user made there: painted on the preview (napari's brush,
+:meth:`AnnotationSession.preview_painted`), else predicted from its prompts. A 3D propagation
+(:meth:`AnnotationSession.propagation_request` → engine → :meth:`AnnotationSession.accept_propagation`)
+starts from the own masks along one axis (the key planes) and becomes the base of the preview:
+there the preview is the propagated mask, with each key plane's own mask in place of its slice,
+plus the own masks of planes along other axes.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from napari_vfmseg.widgets.objects import ObjectRecord, ObjectTable
 from napari_vfmseg.widgets.planes import Plane, intersection_line, plane_region, plane_shape
 from napari_vfmseg.widgets.prompts import PlanePrompts
 
-__all__ = ["AnnotationSession", "PredictionRequest", "Predictor", "ExportResult", "object_table_paths"]
+__all__ = ["AnnotationSession", "PredictionRequest", "PropagationRequest", "Predictor", "ExportResult", "object_table_paths"]
 
 
 class Predictor(Protocol):
@@ -57,6 +64,29 @@ class PredictionRequest:
             mask_input=self.mask_input,
             plane=None if self.plane.axis is None else self.plane.index,
         )
+
+
+@dataclass(frozen=True)
+class PropagationRequest:
+    """One 3D propagation: ``seeds`` maps a key plane's index along ``axis`` to its own mask, bool
+    (rows, cols) (copies, safe to read on any thread). ``epoch`` and ``generation`` identify the
+    session state it was made from; :meth:`AnnotationSession.accept_propagation` drops a result
+    when either changed (another model or window, prompts cleared, a commit)."""
+
+    axis: int
+    seeds: dict
+    epoch: int
+    generation: int
+
+    @property
+    def key_planes(self) -> list[int]:
+        return sorted(self.seeds)
+
+
+@dataclass
+class _VolumePreview:
+    axis: int
+    mask: np.ndarray          # bool, the image's shape
 
 
 @dataclass
@@ -120,6 +150,9 @@ class AnnotationSession:
         self.epoch = 0   # bumped when the model or the window changes: older logits are not fed back
         self._prompts: dict[Plane, PlanePrompts] = {}
         self._results: dict[Plane, _PlaneResult] = {}
+        self._painted: dict[Plane, np.ndarray] = {}      # plane → bool (rows, cols) painted on the preview
+        self._volume: Optional[_VolumePreview] = None    # the latest accepted 3D propagation
+        self.generation = 0   # bumped when the preview is cleared (Esc, commit): older propagations are dropped
 
     @property
     def ndim(self) -> int:
@@ -147,7 +180,7 @@ class AnnotationSession:
         return self._prompts.get(plane, PlanePrompts())
 
     def planes_with_prompts(self) -> list[Plane]:
-        return sorted(self._prompts, key=lambda p: (-1 if p.axis is None else p.axis, p.index))
+        return sorted(self._prompts, key=_plane_order)
 
     def set_axis_prompts(self, axis: Optional[int], by_index: dict[int, PlanePrompts]) -> list[Plane]:
         """Replace the prompts of every plane along ``axis`` (None: the 2D image, index 0).
@@ -211,6 +244,7 @@ class AnnotationSession:
         self._results[plane] = _PlaneResult(
             request.prompts, mask, None if logits is None else np.asarray(logits), float(getattr(prediction, "score", 0.0)), request.epoch
         )
+        self._painted.pop(plane, None)   # the newest edit of a plane wins: a new prediction replaces painting
         self._compose(plane)
         return True
 
@@ -224,22 +258,122 @@ class AnnotationSession:
         return None if result is None else result.score
 
     def clear_prompts(self) -> list[Plane]:
-        """Forget every prompt and prediction; the preview becomes empty. Returns the planes cleared."""
-        cleared = sorted(set(self._prompts) | set(self._results), key=lambda p: (-1 if p.axis is None else p.axis, p.index))
+        """Forget every prompt, prediction, painted plane and propagation; the preview becomes empty.
+        Returns the planes cleared."""
+        cleared = sorted(set(self._prompts) | set(self._results) | set(self._painted), key=_plane_order)
         self._prompts.clear()
         self._results.clear()
+        self._painted.clear()
+        self._volume = None
+        self.generation += 1
         self.preview[...] = 0
         return cleared
 
+    @property
+    def has_pending_object(self) -> bool:
+        """True when something is not committed yet: prompts, painted planes or a propagated preview."""
+        return bool(self._prompts or self._painted or self._volume is not None)
+
+    # ------------------------------------------------------------------------ painting and 3D propagation
+
+    def preview_painted(self, plane: Plane) -> None:
+        """``plane``'s slice of ``preview`` was edited in place (napari's brush, eraser or fill on the
+        preview layer): what it shows now becomes the plane's own mask (any value > 0 is the object)."""
+        self.plane_shape(plane)  # raises for a plane outside the image
+        self._painted[plane] = self.preview[plane_region(self.ndim, plane)] > 0
+        self._compose(plane)
+
+    def own_mask(self, plane: Plane) -> Optional[np.ndarray]:
+        """The user's mask of ``plane``, bool (rows, cols): painted on the preview, else predicted
+        from its prompts; None when the plane has neither."""
+        painted = self._painted.get(plane)
+        if painted is not None:
+            return painted
+        result = self._results.get(plane)
+        return None if result is None else result.mask
+
+    def _own_masks(self) -> dict[Plane, np.ndarray]:
+        return {plane: self.own_mask(plane) for plane in set(self._results) | set(self._painted)}
+
+    def key_planes(self, axis: int) -> dict[int, np.ndarray]:
+        """Planes along ``axis`` with an own mask (predicted or painted, possibly empty): index → bool
+        (rows, cols) copy, ascending. These are the key planes a propagation along ``axis`` keeps."""
+        masks = self._own_masks()
+        return {p.index: masks[p].copy() for p in sorted(masks, key=_plane_order) if p.axis == axis}
+
+    def propagation_request(self, axis: int) -> Optional[PropagationRequest]:
+        """The propagation along ``axis`` from :meth:`key_planes`; None when no key plane holds any object
+        (or the image is 2D)."""
+        if self.ndim != 3:
+            return None
+        seeds = self.key_planes(axis)
+        if not any(mask.any() for mask in seeds.values()):
+            return None
+        return PropagationRequest(int(axis), seeds, self.epoch, self.generation)
+
+    def accept_propagation(self, request: PropagationRequest, mask: np.ndarray) -> bool:
+        """Show ``mask`` (bool, the image's shape: the propagation's result) as the preview's base.
+
+        Ignored (returns False) when the model or window changed or the preview was cleared or
+        committed since the request. Key planes edited since then keep their newer own mask.
+        """
+        if request.epoch != self.epoch or request.generation != self.generation:
+            return False
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != self.shape:
+            raise ValueError(f"the propagated mask has shape {mask.shape} but the image has shape {self.shape}")
+        self._volume = _VolumePreview(request.axis, mask)
+        self._compose_all()
+        return True
+
+    @property
+    def propagation_axis(self) -> Optional[int]:
+        """The axis of the propagated preview, or None when the preview holds no propagation."""
+        return None if self._volume is None else self._volume.axis
+
+    def _compose_all(self) -> None:
+        """Rewrite the whole preview: the propagated mask with each key plane's own mask in place of its
+        slice, OR the own masks of planes along other axes."""
+        volume = self._volume
+        if volume is None:
+            self.preview[...] = 0
+        else:
+            np.copyto(self.preview, volume.mask, casting="unsafe")
+        masks = self._own_masks()
+        for plane, mask in masks.items():
+            if volume is not None and plane.axis == volume.axis:
+                self.preview[plane_region(self.ndim, plane)] = mask
+        for plane, mask in masks.items():
+            if volume is None or plane.axis != volume.axis:
+                self.preview[plane_region(self.ndim, plane)] |= mask.astype(np.uint8)
+
     def _compose(self, plane: Plane) -> None:
-        """Rewrite ``plane``'s slice of the preview: its own mask OR the crossings of other axes' masks."""
-        view = self.preview[plane_region(self.ndim, plane)]
-        view[...] = 0
-        own = self._results.get(plane)
+        """Rewrite ``plane``'s slice of the preview as :meth:`_compose_all` would (an own mask only ever
+        changes its own plane's slice)."""
+        region = plane_region(self.ndim, plane)
+        view = self.preview[region]
+        volume = self._volume
+        masks = self._own_masks()
+        if volume is None:
+            view[...] = 0
+        else:
+            view[...] = volume.mask[region]
+            for other, mask in masks.items():   # key planes replace their slice of the propagated mask
+                if other.axis == volume.axis:
+                    crossing = intersection_line(mask, other, plane)
+                    if crossing is not None:
+                        index, line = crossing
+                        view[index] = line
+        own = masks.get(plane)
         if own is not None:
-            view[own.mask] = 1
-        for other, result in self._results.items():
-            crossing = intersection_line(result.mask, other, plane)
+            if volume is not None and plane.axis == volume.axis:
+                view[...] = own
+            else:
+                view[own] = 1
+        for other, mask in masks.items():
+            if volume is not None and other.axis == volume.axis:
+                continue
+            crossing = intersection_line(mask, other, plane)
             if crossing is not None:
                 index, line = crossing
                 view[index] |= line.astype(np.uint8)
@@ -315,3 +449,7 @@ class AnnotationSession:
         self.table.write_csv(csv_path)
         self.table.write_json(json_path, {"labels_file": written.name, **(extra or {})})
         return ExportResult(written, csv_path, json_path)
+
+
+def _plane_order(plane: Plane) -> tuple[int, int]:
+    return (-1 if plane.axis is None else plane.axis, plane.index)
