@@ -72,6 +72,12 @@ def test_pretrain_runs_checkpoints_and_resumes(tmp_path):
     pretrain(tmp_path, cfg, TINY)
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    # a run stopped between checkpoints logs steps it will run again: they are dropped on resume
+    with open(tmp_path / "log.csv", "a", newline="") as handle:
+        csv.writer(handle).writerow([4, 0.5, 1e-4, 1.0, "", "", ""])
+    pretrain(tmp_path, cfg, TINY)
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
     resumed = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert resumed["step"] == 3
     assert any(not torch.equal(state["model"][k], resumed["model"][k]) for k in state["model"])

@@ -158,6 +158,21 @@ def _lr_at(step: int, cfg: PretrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
+def _drop_rows_after(log_path: Path, step: int) -> None:
+    """Keep only the header and rows up to ``step`` in the CSV log (atomically)."""
+    if not log_path.exists():
+        return
+    with open(log_path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= step]
+    if len(kept) == len(rows):
+        return
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+    os.replace(tmp, log_path)
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -185,6 +200,7 @@ def pretrain(out: Path, cfg: PretrainConfig, arch: BuiltinConfig | None = None,
     val_gen = SynthGenerator(SynthConfig(size=arch.img_size), seed=10_000 + cfg.seed, device=device)
     val_samples = [val_gen.sample() for _ in range(cfg.eval_images)]
     log_path = out / "log.csv"
+    _drop_rows_after(log_path, start)  # steps logged after the last checkpoint are run again
     new_log = not log_path.exists()
     last_eval: dict = {}
     with open(log_path, "a", newline="") as log_file:
