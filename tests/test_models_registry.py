@@ -114,7 +114,8 @@ def test_spec_validation_rejects_bad_entries():
 def test_list_models_reports_presence_in_vfmseg_home(home):
     records = {r["name"]: r for r in list_models()}
     assert set(records) == set(model_names())
-    assert not any(r["present"] for r in records.values())
+    # only the built-in model, whose weights ship inside the package, is present in an empty home
+    assert not any(r["present"] for n, r in records.items() if n != "builtin")
     for name in OFFICIAL:
         assert records[name]["path"] == str(home.resolve() / "weights" / get_spec(name).filename)
         assert records[name]["verification"] == "sha256"
@@ -131,7 +132,7 @@ def test_list_models_reports_presence_in_vfmseg_home(home):
     records = {r["name"]: r for r in list_models()}
     assert records["mobilesam_vit_t"]["present"] is True
     assert records["vit_b"]["present"] is False
-    assert sum(r["present"] for r in records.values()) == 1
+    assert sum(r["present"] for n, r in records.items() if n != "builtin") == 1
 
 
 def test_present_file_is_checked_by_size_and_sha256_once(home, monkeypatch):
@@ -279,7 +280,7 @@ def test_cli_models_json_parses(home, capsys):
     assert main(["models", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in records] == model_names()
-    assert all(r["present"] is False for r in records)
+    assert all(r["present"] is (r["name"] == "builtin") for r in records)
     assert {r["name"]: r["sha256"] for r in records}["vit_h"] == get_spec("vit_h").sha256
 
 

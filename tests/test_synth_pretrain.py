@@ -87,3 +87,28 @@ def test_evaluation_reports_the_filled_box_baseline():
     samples = [SynthGenerator(SynthConfig(size=64), seed=s).sample() for s in range(2)]
     report = evaluate_synthetic(build_builtin_sam(TINY), samples, min_pixels=16)
     assert 0.3 < report["box_filled_dice"] <= 1.0
+
+
+def test_export_writes_loadable_fp16_safetensors_with_metadata(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from napari_vfmseg.training.pretrain import export_weights
+
+    cfg = PretrainConfig(steps=1, images_per_step=2, prompts_per_image=1, eval_every=1, eval_images=1,
+                         checkpoint_every=1, warmup_steps=1)
+    pretrain(tmp_path / "run", cfg, TINY)
+    out = tmp_path / "weights" / "builtin.safetensors"
+    metadata = export_weights(tmp_path / "run", out)
+    assert json.loads(metadata["config"]) == json.loads(json.dumps(TINY.to_dict()))
+    assert metadata["steps"] == "1" and metadata["images_seen"] == "2"
+    assert "box_dice" in json.loads(metadata["synthetic_validation"])
+    with safe_open(str(out), framework="pt") as handle:
+        assert handle.metadata()["format"] == "napari-vfmseg builtin v1"
+    tensors = load_file(str(out))
+    assert all(t.dtype == torch.float16 for t in tensors.values() if t.is_floating_point())
+    sam = build_builtin_sam(BuiltinConfig.from_dict(json.loads(metadata["config"])))
+    sam.load_state_dict(tensors)  # strict: every key matches the architecture in the metadata
+    assert not list(tmp_path.glob("weights/*.tmp"))

@@ -227,7 +227,10 @@ def test_default_model_policy(monkeypatch):
     def fake(records):
         monkeypatch.setattr(registry, "list_models", lambda: [{"name": n, "present": p} for n, p in records])
 
-    fake([("mobilesam_vit_t", False), ("vit_b", True), ("builtin", True)])
+    # official weights the user placed win; the shipped built-in model is the fallback
+    fake([("builtin", True), ("mobilesam_vit_t", False), ("vit_b", True)])
+    assert model_choice.default_model_name() == "vit_b"
+    fake([("builtin", True), ("mobilesam_vit_t", False), ("vit_b", False)])
     assert model_choice.default_model_name() == "builtin"
     fake([("mobilesam_vit_t", False), ("vit_b", True), ("vit_l", True), ("builtin", False)])
     assert model_choice.default_model_name() == "vit_b"

@@ -40,8 +40,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="registry model name or checkpoint file (default: the built-in model if present, else the "
-        "first model whose weights are on this machine)",
+        help="registry model name or checkpoint file (default: official weights present on this machine, "
+        "else the built-in model)",
     )
     parser.set_defaults(func=run)
 

@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
         ),
     )
     parser.add_argument("volume", metavar="VOLUME", help="image file or DICOM folder (anything vfmseg reads)")
-    parser.add_argument("--model", default=None, help="registry name or checkpoint path (default: the built-in model, else the first model whose weights are present)")
+    parser.add_argument("--model", default=None, help="registry name or checkpoint path (default: official weights present on this machine, else the built-in model)")
     parser.add_argument("--cache-dir", required=True, help="folder of the embedding cache (created if missing)")
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="plane axis (0 = axial for CT; default 0)")
     parser.add_argument(

@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("volume", metavar="VOLUME", help="image file or DICOM folder")
     parser.add_argument("labels", metavar="LABELS", help="label map with the same shape as VOLUME")
-    parser.add_argument("--model", default=None, help="registry name or checkpoint path (default: the built-in model, else the first model whose weights are present)")
+    parser.add_argument("--model", default=None, help="registry name or checkpoint path (default: official weights present on this machine, else the built-in model)")
     parser.add_argument("--adapter", default=None, help="adapter file (.safetensors) to apply to the model")
     parser.add_argument("--prompt", default="box", choices=("box", "point"), help="first prompt (default: box)")
     parser.add_argument("--max-clicks", type=int, default=20, help="interactions per object (default 20)")

@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("volume", metavar="VOLUME", help="image file or DICOM folder")
     parser.add_argument("labels", metavar="LABELS", help="label map with the same shape as VOLUME")
     parser.add_argument("--out", required=True, metavar="ADAPTER", help="adapter file to write (.safetensors)")
-    parser.add_argument("--model", default=None, help="registry name or checkpoint path (default: the built-in model, else the first model whose weights are present)")
+    parser.add_argument("--model", default=None, help="registry name or checkpoint path (default: official weights present on this machine, else the built-in model)")
     parser.add_argument("--mode", default="decoder", choices=("decoder", "encoder-lora", "full"),
                         help="what trains (default: decoder)")
     parser.add_argument("--rank", type=int, default=4, help="LoRA rank (encoder-lora, or --decoder-lora; default 4)")

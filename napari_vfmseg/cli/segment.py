@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--points", default=None, metavar='"P,R,C[,L];..."', help=_POINTS_HELP)
     parser.add_argument("--propagate", action="store_true", help="propagate the key-plane masks through the volume")
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="plane axis (0 = axial for CT; default 0)")
-    parser.add_argument("--model", default=None, help="registry name or checkpoint path (default: the built-in model, else the first model whose weights are present)")
+    parser.add_argument("--model", default=None, help="registry name or checkpoint path (default: official weights present on this machine, else the built-in model)")
     parser.add_argument("--adapter", default=None, help="adapter file (.safetensors) to apply to the model")
     parser.add_argument("--out", default=None, metavar="MASK",
                         help="label file to write (.nii.gz, .nii, .nrrd, .mha, .mhd; default: VOLUMENAME_mask.nii.gz here)")

@@ -125,3 +125,33 @@ def build_builtin_sam(config: BuiltinConfig | None = None) -> Sam:
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
     )
+
+
+WEIGHTS_FILE = "models/weights/builtin.safetensors"   # inside the napari_vfmseg package
+
+
+def shipped_weights_path():
+    """Path of the shipped built-in weights (it may not exist in a development checkout)."""
+    from importlib.resources import files
+    from pathlib import Path
+
+    return Path(str(files("napari_vfmseg").joinpath(WEIGHTS_FILE)))
+
+
+def shipped_config() -> BuiltinConfig:
+    """The architecture the shipped weights were trained with (stored in their metadata)."""
+    import json
+
+    from safetensors import safe_open
+
+    path = shipped_weights_path()
+    if not path.is_file():
+        return BuiltinConfig()
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return BuiltinConfig.from_dict(json.loads(metadata["config"])) if "config" in metadata else BuiltinConfig()
+
+
+def build_shipped_builtin() -> Sam:
+    """The built-in network in the shipped weights' architecture (random initialisation)."""
+    return build_builtin_sam(shipped_config())

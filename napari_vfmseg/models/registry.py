@@ -78,6 +78,8 @@ ARCHITECTURES: Mapping[str, Architecture] = {
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
+BUILTIN_MODEL = "builtin"
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -133,9 +135,31 @@ class ModelSpec:
 _SAM_HOME = "https://github.com/facebookresearch/segment-anything"
 
 
+def _builtin_specs() -> list[ModelSpec]:
+    """The project's own model, listed when its weights ship inside the package."""
+    from napari_vfmseg.models.builtin import WEIGHTS_FILE, build_shipped_builtin, shipped_config, shipped_weights_path
+
+    if not shipped_weights_path().is_file():
+        return []
+    return [
+        ModelSpec(
+            name=BUILTIN_MODEL,
+            arch="builtin",
+            builder=build_shipped_builtin,
+            image_size=shipped_config().img_size,
+            filename="builtin.safetensors",
+            package_file=WEIGHTS_FILE,
+            licence="Apache-2.0",
+            homepage="https://github.com/napari-vfmseg/napari-vfmseg",
+            description="napari-vfmseg built-in: small CNN encoder + SAM decoder trained on synthetic "
+                        "slices by this project; offline, CPU-fast; see docs/models.md for its figures",
+        )
+    ]
+
+
 def _official_specs() -> list[ModelSpec]:
     """The models napari-vfmseg knows out of the box, smallest encoder first."""
-    return [
+    return _builtin_specs() + [
         ModelSpec(
             name="mobilesam_vit_t",
             arch="vit_t",
@@ -304,21 +328,18 @@ def infer_arch(state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint
     )
 
 
-BUILTIN_MODEL = "builtin"
-
-
 def default_model_name() -> Optional[str]:
     """The registry model to use when the user names none, or None when no weights are present.
 
-    Policy: the built-in model if the registry has it and its weights are present; else the first
-    registry model (registry order, smallest first) whose weights are present locally; else None.
-    Nothing is downloaded behind the user's back.
+    Policy: official weights the user has put on this machine come first (registry order, smallest
+    encoder first); else the built-in model shipped in the package; else None. Nothing is
+    downloaded behind the user's back.
     """
     records = list_models()
     for record in records:
+        if record["present"] and record["name"] != BUILTIN_MODEL:
+            return str(record["name"])
+    for record in records:
         if record["name"] == BUILTIN_MODEL and record["present"]:
             return BUILTIN_MODEL
-    for record in records:
-        if record["present"]:
-            return str(record["name"])
     return None

@@ -245,6 +245,40 @@ def pretrain(out: Path, cfg: PretrainConfig, arch: BuiltinConfig | None = None,
     return last_eval
 
 
+def export_weights(run: Path, path: Path, dtype: torch.dtype = torch.float16) -> dict:
+    """Write the run's model as safetensors (``dtype``, metadata: architecture, steps, figures).
+
+    The file is written to a temporary name and renamed, so a failed export never leaves a partial
+    file where the package expects its weights. Returns the metadata.
+    """
+    from datetime import datetime, timezone
+
+    from safetensors.torch import save_file
+
+    run, path = Path(run), Path(path)
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    cfg = json.loads(state["config"])
+    rows = list(csv.DictReader(open(run / "log.csv", newline=""))) if (run / "log.csv").exists() else []
+    evaluated = [r for r in rows if r.get("box_dice")]
+    metadata = {
+        "format": "napari-vfmseg builtin v1",
+        "config": state["arch"],
+        "steps": str(state["step"]),
+        "images_seen": str(int(state["step"]) * int(cfg["images_per_step"])),
+        "pretrain_config": state["config"],
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if evaluated:
+        last = evaluated[-1]
+        metadata["synthetic_validation"] = json.dumps({k: float(last[k]) for k in ("box_dice", "click_dice", "box_filled_dice")})
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state["model"].items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return metadata
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Pre-train the built-in model on synthetic slices (resumable).")
     parser.add_argument("--out", required=True, help="run folder: checkpoint.pt and log.csv")
@@ -260,7 +294,12 @@ def main(argv=None) -> int:
     parser.add_argument("--img-size", type=int, default=BuiltinConfig.img_size)
     parser.add_argument("--box-only-steps", type=int, default=PretrainConfig.box_only_steps)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--export", default=None, metavar="FILE",
+                        help="do not train: write the run's model to FILE (.safetensors, fp16) and exit")
     args = parser.parse_args(argv)
+    if args.export:
+        print(json.dumps(export_weights(Path(args.out), Path(args.export))))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = PretrainConfig(steps=args.steps, images_per_step=args.images_per_step, prompts_per_image=args.prompts_per_image,
