@@ -112,3 +112,21 @@ def test_export_writes_loadable_fp16_safetensors_with_metadata(tmp_path):
     sam = build_builtin_sam(BuiltinConfig.from_dict(json.loads(metadata["config"])))
     sam.load_state_dict(tensors)  # strict: every key matches the architecture in the metadata
     assert not list(tmp_path.glob("weights/*.tmp"))
+
+
+def test_a_new_run_can_start_from_exported_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from napari_vfmseg.training.pretrain import export_weights
+
+    cfg = PretrainConfig(steps=1, images_per_step=2, prompts_per_image=1, eval_every=1, eval_images=1,
+                         checkpoint_every=1, warmup_steps=1, lr=0.0, min_lr=0.0)
+    pretrain(tmp_path / "first", cfg, TINY)
+    weights = tmp_path / "first.safetensors"
+    export_weights(tmp_path / "first", weights)
+    pretrain(tmp_path / "second", cfg, TINY, init=weights)  # lr 0: the weights stay as loaded
+    second = torch.load(tmp_path / "second" / "checkpoint.pt", weights_only=True)["model"]
+    exported = load_file(str(weights))
+    for key, value in exported.items():
+        if value.is_floating_point() and "running" not in key:
+            assert torch.equal(second[key].half(), value), key

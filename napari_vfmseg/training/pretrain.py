@@ -180,8 +180,12 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def pretrain(out: Path, cfg: PretrainConfig, arch: BuiltinConfig | None = None,
-             callback: Optional[Callable[[dict], None]] = None) -> dict:
-    """Train (or resume) the built-in model into ``out``; returns the last validation figures."""
+             callback: Optional[Callable[[dict], None]] = None, init: Optional[Path] = None) -> dict:
+    """Train (or resume) the built-in model into ``out``; returns the last validation figures.
+
+    A run folder with a checkpoint resumes from it. Otherwise ``init`` (exported ``.safetensors``
+    weights, e.g. the shipped ones) starts the model from those weights with a fresh optimiser.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
@@ -196,6 +200,10 @@ def pretrain(out: Path, cfg: PretrainConfig, arch: BuiltinConfig | None = None,
         sam.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
+    elif init is not None:
+        from safetensors.torch import load_file
+
+        sam.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_file(str(init)).items()})
     # the stream position is the step number: each step draws from a generator seeded by it
     val_gen = SynthGenerator(SynthConfig(size=arch.img_size), seed=10_000 + cfg.seed, device=device)
     val_samples = [val_gen.sample() for _ in range(cfg.eval_images)]
@@ -294,6 +302,8 @@ def main(argv=None) -> int:
     parser.add_argument("--img-size", type=int, default=BuiltinConfig.img_size)
     parser.add_argument("--box-only-steps", type=int, default=PretrainConfig.box_only_steps)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--init", default=None, metavar="FILE",
+                        help="start a new run from exported weights (e.g. the shipped builtin.safetensors)")
     parser.add_argument("--export", default=None, metavar="FILE",
                         help="do not train: write the run's model to FILE (.safetensors, fp16) and exit")
     args = parser.parse_args(argv)
@@ -312,7 +322,7 @@ def main(argv=None) -> int:
         if info["step"] % 10 == 0 or "box_dice" in info:
             print(json.dumps(info), flush=True)
 
-    result = pretrain(Path(args.out), cfg, arch, callback=report)
+    result = pretrain(Path(args.out), cfg, arch, callback=report, init=Path(args.init) if args.init else None)
     print(json.dumps({"final": result}))
     return 0
 
