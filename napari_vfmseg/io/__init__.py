@@ -5,9 +5,9 @@ RGB axis for colour photos), and spacing/origin/direction are given in that same
 (x, y, z) order reversed). Nothing in this package imports Qt or napari.
 """
 
-from napari_vfmseg.io.dicom import write_dicom_series
+from importlib import import_module
+
 from napari_vfmseg.io.errors import LabelWriteError, VolumeReadError
-from napari_vfmseg.io.reader import SUPPORTED_READ_EXTENSIONS, VolumeNotFoundError, is_supported_path, read_volume
 from napari_vfmseg.io.volume import Volume
 from napari_vfmseg.io.windowing import (
     CT_PRESETS,
@@ -17,7 +17,26 @@ from napari_vfmseg.io.windowing import (
     percentile_window,
     resolve_window,
 )
-from napari_vfmseg.io.writer import SUPPORTED_LABEL_EXTENSIONS, label_dtype, write_labels
+
+# Readers and writers need SimpleITK; they are imported on first use, so that windowing (and the
+# engine and training code that use it) import without SimpleITK.
+_LAZY = {
+    "read_volume": "reader",
+    "is_supported_path": "reader",
+    "VolumeNotFoundError": "reader",
+    "SUPPORTED_READ_EXTENSIONS": "reader",
+    "write_labels": "writer",
+    "label_dtype": "writer",
+    "SUPPORTED_LABEL_EXTENSIONS": "writer",
+    "write_dicom_series": "dicom",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f"napari_vfmseg.io.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'napari_vfmseg.io' has no attribute {name!r}")
+
 
 __all__ = [
     "Volume",

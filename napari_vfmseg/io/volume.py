@@ -20,10 +20,12 @@ and with ``affine=vol.affine`` (and no scale or translate) in general.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:  # SimpleITK is imported where it is used, so that windowing imports without it
+    import SimpleITK as sitk
 
 from napari_vfmseg.io.errors import VolumeReadError
 
@@ -129,6 +131,8 @@ class Volume:
 
     def to_sitk(self) -> sitk.Image:
         """The SimpleITK image (ITK index order (x, y[, z])) with this volume's geometry."""
+        import SimpleITK as sitk
+
         image = sitk.GetImageFromArray(self.array, isVector=self.is_rgb)
         image.SetSpacing(self.spacing[::-1])
         image.SetOrigin(self.origin[::-1])
@@ -151,6 +155,8 @@ class Volume:
         Raises:
             VolumeReadError: 4D+ data, a zero-size axis, or multi-component data that is not RGB.
         """
+        import SimpleITK as sitk
+
         where = path or "image"
         dim = image.GetDimension()
         size = image.GetSize()
@@ -235,6 +241,8 @@ def _is_signed_permutation(matrix: np.ndarray) -> bool:
 
 
 def _take_components(image: sitk.Image, indices: tuple[int, ...]) -> sitk.Image:
+    import SimpleITK as sitk
+
     channels = [sitk.VectorIndexSelectionCast(image, i) for i in indices]
     return sitk.Compose(channels)
 
