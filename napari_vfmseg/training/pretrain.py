@@ -10,10 +10,15 @@ slices with SAM-style prompts:
 - a few positive and negative points → one mask;
 - for the first ``box_only_steps`` steps only boxes (a curriculum: the decoder first learns to fill
   the object inside a box, then the ambiguous prompts);
-- with probability ``correction_probability`` a second round: a click at the centre of the largest
-  error region, with the first round's low-res logits fed back as ``mask_input``.
+- up to ``corrections`` further rounds (each with probability ``correction_probability``): a click
+  in the error region, with the previous round's low-res logits fed back as ``mask_input``.
 
-Every ``checkpoint_every`` steps the model, optimiser and generator position are saved atomically
+Prompts of one step are simulated and decoded in batches (:mod:`.batched`); the synthetic batches
+come from :mod:`.synth_stream`, in ``workers`` processes if asked, seeded by the step number.
+On CUDA the forward pass runs under bf16 autocast.
+
+Every ``checkpoint_every`` steps (and every two minutes, and when ``max_minutes`` is up) the model,
+optimiser and stream position are saved atomically
 to ``OUT/checkpoint.pt`` (tensors and numbers only, loaded with ``weights_only=True``); a rerun
 with the same ``--out`` resumes there. Held-out validation uses a fixed synthetic set drawn from a
 different seed and reports box Dice beside the filled-box baseline. Images are (B, H, W) in [0, 1].
@@ -22,6 +27,7 @@ different seed and reports box Dice beside the filled-box baseline. Images are (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -36,9 +42,10 @@ import torch
 from torch.nn import functional as F
 
 from napari_vfmseg.models.builtin import BuiltinConfig, build_builtin_sam
-from napari_vfmseg.training.losses import mask_losses
-from napari_vfmseg.training.prompts import PromptSet, bounding_box, correction_click, interior_point, simulate_prompts
+from napari_vfmseg.training.batched import BatchPromptConfig, pretrain_loss
+from napari_vfmseg.training.prompts import PromptSet, bounding_box, interior_point
 from napari_vfmseg.training.synth import SynthConfig, SynthGenerator
+from napari_vfmseg.training.synth_stream import StreamConfig, batch_loader
 from napari_vfmseg.training.trainer import decode
 
 __all__ = ["PretrainConfig", "pretrain", "evaluate_synthetic", "images_to_input"]
@@ -60,53 +67,16 @@ class PretrainConfig:
     eval_images: int = 48
     checkpoint_every: int = 50
     device: str = "cpu"
+    renders: int = 1              # appearances per generated label map
+    corrections: int = 2          # correction rounds after the first prompt
+    workers: int = 0              # DataLoader processes making the synthetic batches (0: in this process)
+    max_minutes: float = 0.0      # stop (with a checkpoint) after this long; 0: no limit
 
 
 def images_to_input(sam, images: torch.Tensor) -> torch.Tensor:
     """(B, H, W) in [0, 1] → (B, 3, H, W) normalised model input, as the engine feeds an 8-bit slice."""
     rgb = (images * 255.0).round().unsqueeze(1).expand(-1, 3, -1, -1)
     return sam.preprocess(rgb)
-
-
-def _choose_objects(sample, count: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of up to ``count`` objects, bodies rarer than organs, parts and small structures."""
-    kinds = np.asarray(sample.kind)
-    weight = np.where(kinds == "body", 0.3, 1.0)
-    weight = weight / weight.sum()
-    return rng.choice(len(kinds), size=min(count, len(kinds)), replace=False, p=weight)
-
-
-def _step_loss(sam, embeddings: torch.Tensor, samples, rng: np.random.Generator, cfg: PretrainConfig,
-               boxes_only: bool = False) -> torch.Tensor:
-    size = sam.image_encoder.img_size
-    losses = []
-    for b, sample in enumerate(samples):
-        chosen = _choose_objects(sample, cfg.prompts_per_image, rng)
-        targets = sample.objects[chosen].float()
-        masks_np = targets.cpu().numpy().astype(bool)
-        draw = 0.0 if boxes_only else rng.random()
-        if draw < 0.45:
-            prompts, multimask = simulate_prompts(masks_np, rng, "box"), False
-        elif draw < 0.8:
-            prompts, multimask = simulate_prompts(masks_np, rng, "point", n_positive=1), True
-        else:
-            prompts = simulate_prompts(masks_np, rng, "point", n_positive=int(rng.integers(1, 4)), n_negative=int(rng.integers(0, 3)))
-            multimask = False
-        low, iou = decode(sam, embeddings[b : b + 1], prompts, multimask=multimask)
-        up = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)
-        per = mask_losses(up.flatten(0, 1), iou.flatten(), targets.repeat_interleave(up.shape[1], 0))
-        per = per.view(up.shape[0], up.shape[1])
-        best = per.argmin(dim=1)
-        losses.append(per.min(dim=1).values.mean() + 0.1 * per.mean())
-        if rng.random() < cfg.correction_probability:
-            chosen_low = low[torch.arange(low.shape[0]), best].unsqueeze(1).detach()
-            chosen_up = up[torch.arange(up.shape[0]), best].detach().cpu().numpy() > 0
-            clicks = [correction_click(p, t) for p, t in zip(chosen_up, masks_np)]
-            refined = prompts.add_clicks(clicks)
-            low2, iou2 = decode(sam, embeddings[b : b + 1], refined, mask_input=chosen_low, multimask=False)
-            up2 = F.interpolate(low2, (size, size), mode="bilinear", align_corners=False)
-            losses.append(mask_losses(up2[:, 0], iou2[:, 0], targets).mean())
-    return torch.stack(losses).mean()
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -217,26 +187,27 @@ def pretrain(out: Path, cfg: PretrainConfig, arch: BuiltinConfig | None = None,
             writer.writerow(["step", "loss", "lr", "seconds", "box_dice", "click_dice", "box_filled_dice"])
         sam.train()
         t0 = time.time()
+        last_save = t0
         running = []
-        for step in range(start, cfg.steps):
-            gen = SynthGenerator(SynthConfig(size=arch.img_size), seed=cfg.seed * 1_000_003 + step, device=device)
-            rng = np.random.default_rng(cfg.seed * 1_000_003 + step)
-            samples = [gen.sample() for _ in range(cfg.images_per_step)]
-            images = torch.stack([s.image for s in samples])
-            if rng.random() < 0.5:  # flips keep anatomy plausible and double the variety
-                flip = int(rng.integers(1, 3))
-                images = images.flip(flip)
-                for s in samples:
-                    s.objects = s.objects.flip(flip)
+        stream = StreamConfig(size=arch.img_size, label_maps=max(1, cfg.images_per_step // cfg.renders),
+                              renders=cfg.renders, objects=cfg.prompts_per_image, seed=cfg.seed)
+        prompt_cfg = BatchPromptConfig(corrections=cfg.corrections, correction_probability=cfg.correction_probability)
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+        done = start
+        for step, (images, targets) in zip(range(start, cfg.steps), batch_loader(stream, start, cfg.steps, cfg.workers)):
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, cfg)
-            embeddings = sam.image_encoder(images_to_input(sam, images))
-            loss = _step_loss(sam, embeddings, samples, rng, cfg, boxes_only=step < cfg.box_only_steps)
+            with amp:
+                embeddings = sam.image_encoder(images_to_input(sam, images))
+                loss = pretrain_loss(sam, embeddings, targets, prompt_cfg, generator, boxes_only=step < cfg.box_only_steps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
             optimizer.step()
-            running.append(float(loss))
+            running.append(float(loss.detach()))
             done = step + 1
             row = [done, float(np.mean(running[-20:])), _lr_at(step, cfg), round(time.time() - t0, 1), "", "", ""]
             evaluated: dict = {}
@@ -247,9 +218,13 @@ def pretrain(out: Path, cfg: PretrainConfig, arch: BuiltinConfig | None = None,
             log_file.flush()
             if callback is not None:
                 callback({"step": done, "loss": row[1], "seconds": row[3], **evaluated})
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            out_of_time = cfg.max_minutes > 0 and time.time() - t0 > 60 * cfg.max_minutes
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps or out_of_time or time.time() - last_save > 120:
                 _atomic_save({"model": sam.state_dict(), "optimizer": optimizer.state_dict(), "step": done,
                               "config": json.dumps(asdict(cfg)), "arch": json.dumps(arch.to_dict())}, ckpt_path)
+                last_save = time.time()
+            if out_of_time:
+                break
     return last_eval
 
 
@@ -301,6 +276,10 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--img-size", type=int, default=BuiltinConfig.img_size)
     parser.add_argument("--box-only-steps", type=int, default=PretrainConfig.box_only_steps)
+    parser.add_argument("--renders", type=int, default=PretrainConfig.renders, help="appearances per generated label map")
+    parser.add_argument("--corrections", type=int, default=PretrainConfig.corrections)
+    parser.add_argument("--workers", type=int, default=0, help="processes generating the synthetic batches")
+    parser.add_argument("--max-minutes", type=float, default=0.0, help="stop with a checkpoint after this long")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--init", default=None, metavar="FILE",
                         help="start a new run from exported weights (e.g. the shipped builtin.safetensors)")
@@ -315,7 +294,8 @@ def main(argv=None) -> int:
     cfg = PretrainConfig(steps=args.steps, images_per_step=args.images_per_step, prompts_per_image=args.prompts_per_image,
                          lr=args.lr, eval_every=args.eval_every, eval_images=args.eval_images,
                          checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
-                         box_only_steps=args.box_only_steps)
+                         box_only_steps=args.box_only_steps, renders=args.renders, corrections=args.corrections,
+                         workers=args.workers, max_minutes=args.max_minutes)
     arch = BuiltinConfig(img_size=args.img_size)
 
     def report(info: dict) -> None:
