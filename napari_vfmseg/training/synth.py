@@ -284,8 +284,9 @@ class SynthGenerator:
         if bias > 0:
             image = image * torch.exp(bias * self.smooth_noise(self._i(2, 4))[0])
         if self._p(0.15):  # ultrasound-like multiplicative speckle
-            shape = self._u(3.0, 15.0)
-            speckle = torch.distributions.Gamma(shape, shape).sample(image.shape).to(self.device)
+            looks = self._i(3, 15)  # gamma(looks, 1/looks): the mean of `looks` seeded exponentials
+            uniform = torch.rand((looks, *image.shape), generator=self.gen, device=self.device)
+            speckle = -torch.log(uniform.clamp_min(1e-12)).mean(dim=0)
             image = image * _gaussian_blur(speckle, 0.7)
         noise = self._u(0.0, 0.07)
         image = image + noise * torch.randn(image.shape, generator=self.gen, device=self.device)
