@@ -375,3 +375,20 @@ def test_prefetch_overlaps_the_encoder_with_the_walk(tiny_model):
         assert len(result.visits) == 6 and result.encoder_calls == 6  # nothing encoded beyond the walk
     # without prefetch about 6 x (0.05 + 0.05) s; with it the encoder runs during the caller's work
     assert timings[True] < 0.8 * timings[False], timings
+
+
+def test_score_drop_relative_to_the_best_score_of_the_walk():
+    previous = np.zeros((20, 20), bool)
+    previous[5:15, 5:15] = True
+    config = PropagationConfig(min_score=0.1, min_score_ratio=0.8)
+    assert stop_reason(previous, 0.3, previous, config, best_score=None) is None  # nothing to compare yet
+    assert stop_reason(previous, 0.3, previous, config, best_score=0.35) is None  # 0.3 >= 0.8 x 0.35
+    assert stop_reason(previous, 0.3, previous, config, best_score=0.4) == "score_drop"
+    assert stop_reason(previous, 0.3, previous, PropagationConfig(min_score=0.1), best_score=0.9) is None  # off
+
+
+def test_builtin_model_gets_its_own_propagation_defaults():
+    tuned = PropagationConfig.for_model("builtin")
+    assert tuned.policy.box_margin == tuned.policy.box_margin_px == 0 and not tuned.policy.logits
+    assert tuned.min_score_ratio == 0.8
+    assert PropagationConfig.for_model("vit_b") == PropagationConfig() == PropagationConfig.for_model(None)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     check_prompts(keys, array.shape, axis)
 
     from napari_vfmseg.engine import Segmenter, propagate
-    from napari_vfmseg.engine.propagate import PropagationConfig
+    from napari_vfmseg.engine.propagate import PropagationConfig, model_arch
     from napari_vfmseg.models import load_model
 
     started = time.perf_counter()
@@ -205,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = None
     if args.propagate:
-        config = PropagationConfig(
+        config = replace(
+            PropagationConfig.for_model(model_arch(segmenter)),
             largest_component=args.largest_component,
             fill_holes=args.fill_holes,
             **({} if args.min_score is None else {"min_score": args.min_score}),

@@ -43,6 +43,7 @@ __all__ = [
     "STOP_REASONS",
     "next_plane_prompt",
     "stop_reason",
+    "model_arch",
     "reconcile",
     "propagate",
 ]
@@ -50,6 +51,7 @@ __all__ = [
 # Why a walk direction ended.
 STOP_REASONS: dict[str, str] = {
     "low_score": "the model's predicted IoU fell below min_score",
+    "score_drop": "the predicted IoU fell below min_score_ratio x the best score of this walk",
     "vanished": "the mask had fewer than min_area pixels",
     "area_jump": "the mask grew implausibly (equivalent diameter > max_growth x previous + growth_slack_px)",
     "lost": "the mask no longer overlapped the previous plane's mask (overlap < min_overlap)",
@@ -177,7 +179,9 @@ class PropagationConfig:
     """Settings of :func:`propagate`.
 
     Stop rules (checked on every predicted plane, the offending plane is not kept):
-    ``min_score`` (predicted IoU), ``min_area`` (pixels), ``max_growth`` and ``growth_slack_px``
+    ``min_score`` (predicted IoU), ``min_score_ratio`` (the predicted IoU relative to the best one
+    of the walk so far: a model whose IoU head is not calibrated still scores the planes past an
+    object's end lower than those inside it; 0 disables), ``min_area`` (pixels), ``max_growth`` and ``growth_slack_px``
     (size jump: stop when ``sqrt(area) > max_growth * sqrt(previous area) + growth_slack_px``, i.e.
     the equivalent diameter grows too fast — on the abdomen CT phantom no organ needs more than
     1.35 x + 8 px between adjacent planes along any axis), ``min_overlap`` (fraction of the new mask
@@ -192,6 +196,7 @@ class PropagationConfig:
 
     policy: PromptPolicy = field(default_factory=PromptPolicy)
     min_score: float = 0.5
+    min_score_ratio: float = 0.0
     min_area: int = 3
     max_growth: float = 1.6
     growth_slack_px: float = 8.0
@@ -217,17 +222,41 @@ class PropagationConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def for_model(cls, arch: Optional[str]) -> "PropagationConfig":
+        """The default settings for a model architecture (``LoadedModel.arch``).
 
-def stop_reason(mask: np.ndarray, score: float, previous: np.ndarray, config: PropagationConfig) -> Optional[str]:
+        The built-in model tends to fill the box it is given and its IoU head is not calibrated, so
+        it walks with a tight box and one point (a margin would let the mask grow by the margin on
+        every plane; the previous plane's logits are not what it learnt to refine) and stops when
+        its score falls below 0.8 x its best on the walk (docs/3d.md has the comparison). Other
+        models get the class defaults.
+        """
+        if arch == "builtin":
+            return cls(policy=PromptPolicy(box=True, box_margin=0.0, box_margin_px=0.0, points=1, logits=False),
+                       min_score_ratio=0.8)
+        return cls()
+
+
+def model_arch(segmenter) -> Optional[str]:
+    """The architecture of the segmenter's model (``segmenter.model.arch``), when it has one."""
+    return getattr(getattr(segmenter, "model", None), "arch", None)
+
+
+def stop_reason(mask: np.ndarray, score: float, previous: np.ndarray, config: PropagationConfig,
+                best_score: Optional[float] = None) -> Optional[str]:
     """Why ``mask`` (bool (rows, cols), predicted with ``score``) must not be accepted after
-    ``previous`` (the mask accepted on the plane before), or None to accept it. Reasons are keys of
+    ``previous`` (the mask accepted on the plane before), or None to accept it. ``best_score``: the
+    highest score accepted so far in this walk (None: none yet). Reasons are keys of
     :data:`STOP_REASONS`; the first rule that fires wins, in the order: vanished, low_score,
-    area_jump, lost."""
+    score_drop, area_jump, lost."""
     area = int(np.count_nonzero(mask))
     if area < config.min_area:
         return "vanished"
     if not score >= config.min_score:  # NaN scores stop too
         return "low_score"
+    if config.min_score_ratio > 0 and best_score is not None and score < config.min_score_ratio * best_score:
+        return "score_drop"
     previous_area = int(np.count_nonzero(previous))
     if np.sqrt(area) > config.max_growth * np.sqrt(previous_area) + config.growth_slack_px:
         return "area_jump"
@@ -457,14 +486,14 @@ def propagate(
     object with ``mask``, ``score``, ``logits``, and ``plane_count``). ``seeds``: key plane index →
     bool (rows, cols) mask of that plane, or a ``Prediction`` (its logits then prompt the first
     step). ``axis``: 0, 1 or 2, the segmenter's volume axis. ``config`` (default
-    :class:`PropagationConfig`) and keyword ``overrides`` of its fields, e.g. ``min_score=0.7``.
+    :meth:`PropagationConfig.for_model` of the segmenter's model) and keyword ``overrides`` of its fields, e.g. ``min_score=0.7``.
     ``progress(done, total, plane)`` after each prediction (``total`` is the most predictions the
     plan can still need; it shrinks when a direction stops early). ``cancel``: a
     ``threading.Event`` or a callable returning True to stop; the result then has
     ``cancelled=True`` and what was done by then.
     """
     started = time.perf_counter()
-    config = config or PropagationConfig()
+    config = config or PropagationConfig.for_model(model_arch(segmenter))
     if overrides:
         unknown = sorted(set(overrides) - set(PropagationConfig.__dataclass_fields__))
         if unknown:
@@ -521,6 +550,7 @@ def propagate(
                 continue
             previous, previous_logits = seed.mask, seed.logits
             last, stopped_at, reason = walk.seed, None, None
+            best_score: Optional[float] = None
             planes = remaining[id(walk)]
             for position, plane in enumerate(planes):
                 if cancelled or _is_cancelled(cancel):
@@ -538,7 +568,7 @@ def propagate(
                         f"{plane_shape}: the masks do not belong to this volume or axis"
                     )
                 score = float(prediction.score)
-                reason = stop_reason(mask, score, previous, config)
+                reason = stop_reason(mask, score, previous, config, best_score)
                 done += 1
                 visits.append(PlaneVisit(plane, walk.seed, walk.step, score, int(np.count_nonzero(mask)),
                                          reason is None, reason))
@@ -550,6 +580,7 @@ def propagate(
                         progress(done, total, plane)
                     break
                 kept[(walk.seed, plane)] = (mask, score)
+                best_score = score if best_score is None else max(best_score, score)
                 previous, previous_logits, last = mask, getattr(prediction, "logits", None), plane
                 if progress is not None:
                     progress(done, total, plane)
