@@ -13,7 +13,7 @@ from napari_vfmseg.models.builtin import build_shipped_builtin, shipped_config, 
 from napari_vfmseg.training.prompts import bounding_box
 
 DOCUMENTED_PARAMETERS = 6_534_736   # docs/models.md, "The built-in model"
-DOCUMENTED_INPUT = 128
+DOCUMENTED_INPUT = 256
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -39,10 +39,23 @@ def test_loads_offline_with_the_documented_size_and_input():
     assert embedding.shape == (1, 256, DOCUMENTED_INPUT // 8, DOCUMENTED_INPUT // 8)
 
 
-def test_box_on_held_out_sample_organs_is_learnt_not_chance():
-    """Box prompts on the CT phantom (never trained on): the trained weights segment the organs,
-    the same architecture with random weights does not. The model card's targets (box Dice >= 0.9,
-    above the filled box) are not reached yet; this guards the level the shipped weights have."""
+def _largest_plane(labels: np.ndarray, label: int) -> tuple[int, np.ndarray]:
+    masks = labels == label
+    plane = int(masks.sum(axis=(1, 2)).argmax())
+    return plane, masks[plane]
+
+
+def _filled_box_dice(truth: np.ndarray) -> float:
+    r0, c0, r1, c1 = bounding_box(truth)
+    filled = np.zeros_like(truth)
+    filled[r0 : r1 + 1, c0 : c1 + 1] = True
+    return _dice(filled, truth)
+
+
+def test_box_on_held_out_sample_organs_beats_the_filled_box():
+    """Box prompts on the CT phantom (never trained on), each organ on its largest plane: the trained
+    weights beat filling the box on every organ, the same architecture with random weights does not
+    come close, and on the aorta's slice the box Dice reaches 0.9 (docs/models.md lists them all)."""
     volume, labels = load_sample("abdomen_ct")
     trained = Segmenter(load_model("builtin", device="cpu"))
     torch.manual_seed(0)
@@ -51,13 +64,23 @@ def test_box_on_held_out_sample_organs_is_learnt_not_chance():
                                       fingerprint=fingerprint_state_dict(sam.state_dict())))
     for seg in (trained, untrained):
         seg.set_volume(volume.array, axis=0, modality=volume.modality)
-    scores = {"trained": [], "untrained": []}
-    for label in (1, 4, 5):  # liver, kidneys
-        masks = labels.array == label
-        plane = int(masks.sum(axis=(1, 2)).argmax())
-        truth = masks[plane]
+    scores = {"trained": {}, "untrained": {}}
+    for label in (1, 3, 4, 5, 6, 8):  # liver, spleen, kidneys, aorta, vertebrae
+        plane, truth = _largest_plane(labels.array, label)
         box = bounding_box(truth)
-        scores["trained"].append(_dice(trained.predict(box=box, plane=plane).mask, truth))
-        scores["untrained"].append(_dice(untrained.predict(box=box, plane=plane).mask, truth))
-    assert np.mean(scores["trained"]) >= 0.6
-    assert np.mean(scores["trained"]) > np.mean(scores["untrained"]) + 0.3
+        scores["trained"][label] = _dice(trained.predict(box=box, plane=plane).mask, truth)
+        scores["untrained"][label] = _dice(untrained.predict(box=box, plane=plane).mask, truth)
+        assert scores["trained"][label] > _filled_box_dice(truth), label
+    assert scores["trained"][6] >= 0.9
+    assert np.mean(list(scores["trained"].values())) >= 0.85
+    assert np.mean(list(scores["trained"].values())) > np.mean(list(scores["untrained"].values())) + 0.3
+
+
+def test_box_on_the_mr_phantom_white_matter_reaches_0_9():
+    """Another modality, never trained on: the white matter on its largest MR plane."""
+    volume, labels = load_sample("brain_mr")
+    seg = Segmenter(load_model("builtin", device="cpu"))
+    seg.set_volume(volume.array, axis=0, modality=volume.modality)
+    plane, truth = _largest_plane(labels.array, 6)
+    dice = _dice(seg.predict(box=bounding_box(truth), plane=plane).mask, truth)
+    assert dice >= 0.9 and dice > _filled_box_dice(truth) + 0.05
