@@ -1,0 +1,425 @@
+"""One fine-tuning round on the user's corrected planes: plan, train from the active adapter, measure, save.
+
+A round, as the viewer's "Fine-tune" panel (and scripts) run it:
+
+1. **Gather** the planes that hold committed objects (:func:`gather_examples`, one
+   :class:`~napari_vfmseg.training.data.LabelledImage` per plane, windowed as the engine windows).
+2. **Plan** (:func:`plan_round`): planes already in the project (by content key) keep the role they
+   got in an earlier round; the new ones are split into training and held-out planes by blocks of
+   neighbouring planes, and a new plane within ``guard_planes`` of a held-out one is a *spacer*,
+   neither trained on nor measured (adjacent planes look alike and would flatter the held-out
+   Dice). The guard holds within a round; planes added in later rounds are split among
+   themselves. Earlier training planes
+   are replayed (at most ``replay_limit``) and earlier held-out planes are measured again, so a
+   round is penalised for forgetting old cases.
+3. **Train** a copy of the model (the caller's model is never modified: a viewer keeps predicting
+   with it during the round), starting from its active adapter when the mode and LoRA settings
+   match (otherwise from the base weights), with the held-out planes as validation set.
+4. **Measure** 1-click Dice (one click at each object's most interior point, the engine's own
+   ``Segmenter`` path) on the held-out planes and on a guard set from the original domain
+   (:func:`guard_examples`: a shipped sample), before and after.
+5. **Save** the improved adapter as a new version in an
+   :class:`~napari_vfmseg.training.adapter_store.AdapterStore`, with this round's new planes for
+   replay. Nothing is saved when the round is cancelled, fails, or does not beat its starting point.
+
+The validation set also selects the best training step, so the held-out "after" figure is
+slightly optimistic; planes nobody annotated are the unbiased check (see
+``benchmarks/bench_finetune_shift.py``). Qt-free and napari-free.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from napari_vfmseg.training.adapter_store import AdapterStore, AdapterVersion, example_key
+from napari_vfmseg.training.data import LabelledImage, object_ids, pairs_from_volume, split_by_plane_blocks
+
+__all__ = [
+    "DEFAULT_LR",
+    "RoundConfig",
+    "RoundPlan",
+    "RoundProgress",
+    "RoundResult",
+    "gather_examples",
+    "plan_round",
+    "guard_examples",
+    "one_click_dice",
+    "copy_model",
+    "run_round",
+]
+
+# Learning rate per mode when RoundConfig.lr is None: LoRA factors start at zero and need a larger step.
+DEFAULT_LR = {"decoder": 1e-4, "encoder-lora": 1e-3, "full": 5e-5}
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """Settings of one round (defaults: about a minute with the built-in model on 2 CPU cores)."""
+
+    mode: str = "decoder"               # "decoder" or "encoder-lora" ("full" for small models)
+    rank: int = 4                       # LoRA rank in encoder-lora mode (alpha = rank)
+    steps: int = 100
+    lr: Optional[float] = None          # None: DEFAULT_LR[mode]
+    images_per_step: int = 4
+    prompts_per_image: int = 4
+    correction_clicks: int = 2
+    held_out_fraction: float = 0.25     # of the new planes, in whole blocks
+    block_size: int = 4                 # neighbouring planes per split block
+    guard_planes: int = 1               # training planes this close to a held-out plane are not trained on
+    val_every: int = 10
+    patience: int = 0                   # validations without improvement before stopping (0: never)
+    replay_limit: int = 32              # earlier training planes replayed at most
+    held_out_limit: int = 16            # planes in each 1-click Dice measurement at most
+    min_pixels: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from napari_vfmseg.training.adapters import MODES
+
+        if self.mode not in MODES:
+            raise ValueError(f"unknown fine-tuning mode {self.mode!r}: use one of {MODES}")
+        if self.rank < 1 or self.steps < 1:
+            raise ValueError(f"rank and steps must be >= 1, got rank={self.rank}, steps={self.steps}")
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.lr) if self.lr is not None else DEFAULT_LR[self.mode]
+
+    def train_config(self):
+        """The :class:`~napari_vfmseg.training.trainer.TrainConfig` of this round."""
+        from napari_vfmseg.models.lora import LoRAConfig
+        from napari_vfmseg.training.trainer import TrainConfig
+
+        lora = LoRAConfig(rank=self.rank, alpha=float(self.rank), encoder_targets=()) if self.mode == "encoder-lora" else None
+        return TrainConfig(
+            mode=self.mode, lora=lora, steps=self.steps, lr=self.learning_rate,
+            images_per_step=self.images_per_step, prompts_per_image=self.prompts_per_image,
+            correction_clicks=self.correction_clicks, val_every=self.val_every,
+            early_stop_patience=self.patience, min_pixels=self.min_pixels, seed=self.seed,
+            warmup_steps=max(1, min(10, self.steps // 10)),
+        )
+
+
+@dataclass
+class RoundPlan:
+    """What a round trains and measures on.
+
+    ``train``: this round's training planes (new and re-seen ones with their current labels) plus
+    ``replay`` (earlier training planes not open now); ``held_out``: planes never trained on (new,
+    re-seen and stored ones); ``new``/``new_roles``: planes not yet in the project, or whose labels
+    changed, with the role each gets ("train", "held_out" or "spacer"; saved with the version for
+    later rounds).
+    """
+
+    train: list[LabelledImage]
+    held_out: list[LabelledImage]
+    replay: list[LabelledImage]
+    new: list[LabelledImage]
+    new_roles: list[str]
+    n_open: int
+
+    @property
+    def n_new(self) -> int:
+        return len(self.new)
+
+    def describe(self) -> str:
+        return (f"{len(self.train)} training planes ({len(self.replay)} replayed), "
+                f"{len(self.held_out)} held out, {self.n_new} new")
+
+
+@dataclass
+class RoundProgress:
+    """Reported while a round runs. ``phase``: "measuring before", "training", "measuring after",
+    "saving"; ``step``/``total`` count training steps (0/0 outside training)."""
+
+    phase: str
+    step: int = 0
+    total: int = 0
+    loss: Optional[float] = None
+    val_dice: Optional[float] = None
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class RoundResult:
+    """The outcome of :func:`run_round`. ``version`` is the saved version (None when nothing was
+    saved: cancelled, not improved, or no store); ``tensors``/``info`` the adapter either way."""
+
+    plan: RoundPlan
+    config: RoundConfig
+    train: object                                  # napari_vfmseg.training.trainer.TrainResult
+    tensors: dict
+    info: object                                   # AdapterInfo
+    parent: Optional[str]
+    dice_before: Optional[float]
+    dice_after: Optional[float]
+    guard_before: Optional[float]
+    guard_after: Optional[float]
+    cancelled: bool
+    improved: bool
+    seconds: float
+    train_seconds: float
+    version: Optional[AdapterVersion] = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changes_encoder(self) -> bool:
+        return bool(getattr(self.info, "changes_encoder", False))
+
+    def summary(self) -> dict:
+        """JSON-friendly figures of the round."""
+        return {
+            "version": self.version.name if self.version else None,
+            "parent": self.parent,
+            "mode": self.config.mode,
+            "rank": self.config.rank if self.config.mode == "encoder-lora" else None,
+            "steps": self.config.steps,
+            "steps_done": getattr(self.train, "steps_done", 0),
+            "best_step": getattr(self.train, "best_step", 0),
+            "train_planes": len(self.plan.train),
+            "replayed_planes": len(self.plan.replay),
+            "held_out_planes": len(self.plan.held_out),
+            "new_planes": self.plan.n_new,
+            "dice_before": self.dice_before,
+            "dice_after": self.dice_after,
+            "guard_before": self.guard_before,
+            "guard_after": self.guard_after,
+            "val_dice_before": getattr(self.train, "val_dice_before", None),
+            "val_dice_after": getattr(self.train, "val_dice_after", None),
+            "cancelled": self.cancelled,
+            "improved": self.improved,
+            "seconds": round(self.seconds, 2),
+            "train_seconds": round(self.train_seconds, 2),
+            "notes": list(self.notes),
+        }
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def gather_examples(image: np.ndarray, labels: np.ndarray, axis: int = 0, window=None, modality: Optional[str] = None,
+                    source: str = "volume", min_pixels: int = 20) -> list[LabelledImage]:
+    """The planes of ``image`` (plane, row, col) or (row, col) along ``axis`` whose ``labels`` hold an
+    object of at least ``min_pixels`` pixels, windowed once for the whole volume as the engine does
+    (``window``: None/"auto", a preset name, a Window or (level, width))."""
+    image = np.asarray(image)
+    labels = np.asarray(labels)
+    if image.ndim == 3 and image.shape[-1] in (3, 4) and labels.ndim == 2:
+        raise ValueError(f"{source}: fine-tuning uses grey images; convert the RGB image to grey first")
+    return pairs_from_volume(image, labels, axis=axis, window=window, min_pixels=min_pixels, source=source,
+                             modality=modality)
+
+
+def plan_round(pairs: Sequence[LabelledImage], store: Optional[AdapterStore] = None,
+               config: RoundConfig = RoundConfig()) -> RoundPlan:
+    """Split ``pairs`` (the open planes with objects) into training and held-out planes, add replay.
+
+    Raises ValueError when nothing is left to train on.
+    """
+    known = store.known_examples() if store is not None else {}
+    keys = [example_key(p.image) for p in pairs]
+    fresh, fresh_keys, train, held_out, new, new_roles = [], [], [], [], [], []
+    for pair, key in zip(pairs, keys):
+        stored = known.get(key)
+        if stored is None:
+            fresh.append(pair)
+            fresh_keys.append(key)
+            continue
+        role = stored[1]
+        if role == "train":
+            train.append(pair)
+        elif role == "held_out":
+            held_out.append(pair)
+        if not np.array_equal(stored[0].labels, pair.labels):   # corrected again since it was stored
+            new.append(pair)
+            new_roles.append(role)
+    fresh_train, fresh_held = split_by_plane_blocks(fresh, config.held_out_fraction, config.block_size,
+                                                    config.guard_planes, config.seed)
+    roles = {id(p): "train" for p in fresh_train}
+    roles.update({id(p): "held_out" for p in fresh_held})
+    for pair in fresh:
+        # A plane next to a held-out one is a spacer: not trained on (now or later), not measured.
+        role = roles.get(id(pair), "spacer")
+        if role == "train":
+            train.append(pair)
+        elif role == "held_out":
+            held_out.append(pair)
+        new.append(pair)
+        new_roles.append(role)
+    replay: list[LabelledImage] = []
+    if store is not None:
+        replay = store.replay_examples("train", exclude=keys, limit=config.replay_limit, seed=config.seed)
+        held_out += store.replay_examples("held_out", exclude=keys)
+    train = train + replay
+    if not any(object_ids(p.labels, config.min_pixels) for p in train):
+        raise ValueError(
+            f"nothing to train on: {len(pairs)} annotated planes, {len(held_out)} of them held out for "
+            f"measuring; commit objects on more planes (spread over the volume) and start again"
+        )
+    return RoundPlan(train=train, held_out=held_out, replay=replay, new=new, new_roles=new_roles, n_open=len(pairs))
+
+
+def guard_examples(sample: str = "abdomen_ct", planes: int = 6, min_pixels: int = 20, window=None
+                   ) -> list[LabelledImage]:
+    """``planes`` evenly spaced labelled planes of a shipped sample (the original domain), windowed by
+    the sample's modality (CT: soft tissue; MR: percentiles) unless ``window`` is given."""
+    from napari_vfmseg.data import SAMPLES, load_sample
+
+    if sample not in SAMPLES:
+        raise ValueError(f"unknown guard sample {sample!r}; available: {', '.join(SAMPLES)}")
+    image, labels = load_sample(sample)
+    pairs = pairs_from_volume(np.asarray(image.array), np.asarray(labels.array), window=window,
+                              modality=SAMPLES[sample].modality, min_pixels=min_pixels, source=sample)
+    return _spread(pairs, planes)
+
+
+def _spread(pairs: Sequence[LabelledImage], limit: Optional[int]) -> list[LabelledImage]:
+    """At most ``limit`` of ``pairs``, evenly spaced (all of them when ``limit`` is None)."""
+    pairs = list(pairs)
+    if limit is None or len(pairs) <= limit:
+        return pairs
+    keep = np.unique(np.linspace(0, len(pairs) - 1, max(1, int(limit))).round().astype(int))
+    return [pairs[i] for i in keep]
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+
+def one_click_dice(model_or_segmenter, pairs: Sequence[LabelledImage], min_pixels: int = 20,
+                   max_planes: Optional[int] = None) -> Optional[float]:
+    """Mean 1-click Dice over the objects of ``pairs``: one positive click at each object's most
+    interior point, predicted by the engine (``Segmenter.predict``, best of three masks), compared
+    with the object at the plane's full resolution. None when ``pairs`` hold no object.
+
+    Accepts a ``LoadedModel`` or a ``Segmenter`` (whose embedding cache is then reused).
+    """
+    from napari_vfmseg.engine import Segmenter
+    from napari_vfmseg.training.metrics import interactive_protocol
+
+    segmenter = model_or_segmenter if isinstance(model_or_segmenter, Segmenter) else Segmenter(model_or_segmenter)
+
+    def predict(points, point_labels, box, mask_input):
+        result = segmenter.predict(points=points, point_labels=point_labels, box=box, mask_input=mask_input)
+        return result.mask, float(result.score), result.logits
+
+    scores = []
+    for pair in _spread(pairs, max_planes):
+        ids = object_ids(pair.labels, min_pixels)
+        if not ids:
+            continue
+        segmenter.set_image(np.asarray(pair.image))
+        for label in ids:
+            dices, _ = interactive_protocol(predict, pair.labels == label, first="point", max_clicks=1)
+            scores.append(dices[0])
+    return float(np.mean(scores)) if scores else None
+
+
+# --------------------------------------------------------------------------------------------- the round
+
+
+def copy_model(model):
+    """An independent copy of a ``LoadedModel`` (weights, LoRA layers and active adapter included),
+    on the same device, with gradients off: training it leaves ``model`` untouched."""
+    clone = copy.deepcopy(model)
+    for parameter in clone.sam.parameters():
+        parameter.requires_grad_(False)
+        parameter.grad = None
+    clone.sam.eval()
+    return clone
+
+
+def _parent_version(model, store: Optional[AdapterStore]) -> tuple[Optional[str], Optional[str]]:
+    """(name of the store version on ``model``, fingerprint of the model's adapter), None when absent."""
+    from napari_vfmseg.training.adapters import active_adapter
+
+    info = active_adapter(model)
+    if info is None:
+        return None, None
+    version = store.find_by_fingerprint(info.fingerprint) if store is not None else None
+    return (version.name if version is not None else None), info.fingerprint
+
+
+def run_round(model, pairs: Sequence[LabelledImage], store: Optional[AdapterStore] = None,
+              config: RoundConfig = RoundConfig(), guard: Sequence[LabelledImage] = (),
+              progress: Optional[Callable[[RoundProgress], None]] = None,
+              cancel: Optional[threading.Event] = None, name: Optional[str] = None,
+              activate: bool = False, plan: Optional[RoundPlan] = None) -> RoundResult:
+    """Run one round on ``pairs`` (see the module docstring) and return its result.
+
+    ``model`` (a ``LoadedModel``, with or without an active adapter) is only read: training runs on
+    :func:`copy_model`. ``guard``: original-domain planes (e.g. :func:`guard_examples`) measured
+    before and after. ``cancel`` (a ``threading.Event``) stops training before its next step; a
+    cancelled round saves nothing. With a ``store``, an improved adapter becomes version ``name``
+    (default ``vNNN``), marked active there when ``activate`` (the caller applies it to its model).
+    """
+    from napari_vfmseg.engine import Segmenter
+    from napari_vfmseg.training.trainer import Trainer
+
+    started = time.perf_counter()
+    cancel = cancel or threading.Event()
+    report = progress or (lambda _p: None)
+    plan = plan or plan_round(pairs, store, config)
+    parent, parent_fingerprint = _parent_version(model, store)
+    notes: list[str] = []
+    if parent_fingerprint is not None and parent is None:
+        notes.append(f"started from an adapter ({parent_fingerprint}) that is not in this project")
+    if not plan.held_out:
+        notes.append("no held-out planes (commit objects on planes further apart): nothing measures the change")
+
+    work = copy_model(model)
+    scorer = Segmenter(work)
+    measure = lambda pairs_: one_click_dice(scorer, pairs_, config.min_pixels, config.held_out_limit)  # noqa: E731
+    report(RoundProgress("measuring before", elapsed_s=time.perf_counter() - started))
+    dice_before = measure(plan.held_out)
+    guard_before = measure(guard)
+
+    def on_step(p) -> None:
+        report(RoundProgress("training", p.step, p.total_steps, p.loss, p.val_dice, time.perf_counter() - started))
+
+    train_started = time.perf_counter()
+    trainer = Trainer(work, plan.train, plan.held_out, config.train_config(), progress=on_step, cancel=cancel)
+    result = trainer.fit()
+    train_seconds = time.perf_counter() - train_started
+    cancelled = bool(result.cancelled)
+    improved = bool(result.improved) and not cancelled
+    dice_after = guard_after = None
+    version = None
+    if improved:
+        report(RoundProgress("measuring after", result.steps_done, config.steps, elapsed_s=time.perf_counter() - started))
+        dice_after = measure(plan.held_out)
+        guard_after = measure(guard)
+        if store is not None:
+            report(RoundProgress("saving", result.steps_done, config.steps, elapsed_s=time.perf_counter() - started))
+            version = store.add(
+                result.tensors, result.info, parent=parent, examples=plan.new, roles=plan.new_roles, name=name,
+                activate=activate,
+                n_examples=int(result.n_train_examples), n_planes=len(plan.train), n_new_planes=plan.n_new,
+                n_replayed=len(plan.replay), n_held_out=len(plan.held_out),
+                dice_before=dice_before, dice_after=dice_after, guard_before=guard_before, guard_after=guard_after,
+                val_dice_before=result.val_dice_before, val_dice_after=result.val_dice_after,
+                steps=int(result.steps_done), seconds=round(train_seconds, 2),
+                extra={"lr": config.learning_rate, "images_per_step": config.images_per_step,
+                       "prompts_per_image": config.prompts_per_image, "best_step": int(result.best_step),
+                       "seed": config.seed},
+            )
+    elif cancelled:
+        notes.append("cancelled: nothing was saved")
+    else:
+        notes.append("the round did not beat its starting point on the held-out planes: nothing was saved")
+    if improved and dice_before is not None and dice_after is not None and dice_after < dice_before:
+        notes.append("held-out 1-click Dice fell although validation improved: check before activating")
+    if improved and guard_before is not None and guard_after is not None and guard_after < guard_before - 0.01:
+        notes.append(f"original-domain Dice fell by {100 * (guard_before - guard_after):.1f} points")
+    scorer.close()
+    return RoundResult(
+        plan=plan, config=config, train=result, tensors=result.tensors, info=result.info, parent=parent,
+        dice_before=dice_before, dice_after=dice_after, guard_before=guard_before, guard_after=guard_after,
+        cancelled=cancelled, improved=improved, seconds=time.perf_counter() - started,
+        train_seconds=train_seconds, version=version, notes=notes,
+    )
