@@ -41,6 +41,7 @@ from qtpy.QtWidgets import (
 from napari_vfmseg._layer_geometry import GEOMETRY_KEY, geometry_from_layer
 from napari_vfmseg.widgets._gl_compat import guard_triton
 from napari_vfmseg.widgets.engine_link import EngineLink
+from napari_vfmseg.widgets.finetune_panel import FinetunePanel
 from napari_vfmseg.widgets.model_choice import NO_MODEL_HELP, ModelSource, default_model_name, load_engine
 from napari_vfmseg.widgets.model_panel import ModelPanel
 from napari_vfmseg.widgets.objects_panel import ObjectsPanel
@@ -209,6 +210,8 @@ class AnnotatorWidget(QWidget):
         layout.addLayout(self.extensions)
         self.propagate_panel = PropagatePanel(self)
         self.add_section("3D propagation", self.propagate_panel)
+        self.finetune_panel = FinetunePanel(self)
+        self.add_section("Fine-tune", self.finetune_panel)
         help_label = QLabel(SHORTCUTS)
         help_label.setWordWrap(True)
         help_label.setStyleSheet("color: gray;")
