@@ -1,7 +1,9 @@
 """Tiny SAM-family networks built from segment_anything's own classes, for fast tests.
 
-A 128-px input, 8-px patches (a 16 x 16 embedding grid, 64 x 64 low-res logits), a two-block ViT
-64 wide and a 32-wide prompt encoder / mask decoder: a forward pass takes milliseconds on a CPU.
+By default a 128-px input, 8-px patches (a 16 x 16 embedding grid, 64 x 64 low-res logits), a
+two-block ViT 64 wide and a 32-wide prompt encoder / mask decoder: a forward pass takes
+milliseconds on a CPU. :data:`ENGINE_TINY` is the variant the engine tests compare with
+segment_anything; :func:`vit_b_loaded_model` is a random-init official ViT-B.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from napari_vfmseg.models.base import LoadedModel, fingerprint_state_dict
 
 
 def build_tiny_sam(img_size: int = 128, patch_size: int = 8, embed_dim: int = 64, depth: int = 2,
-                   num_heads: int = 2, prompt_dim: int = 32, seed: int = 0) -> Sam:
+                   num_heads: int = 2, prompt_dim: int = 32, seed: int = 0, window_size: int = 4,
+                   rel_pos_std: float = 0.02, pos_embed_std: float = 0.0, iou_head_depth: int = 2) -> Sam:
     """A randomly initialised, SAM-shaped network (eval mode, CPU, float32)."""
     torch.manual_seed(seed)
     grid = img_size // patch_size
@@ -31,7 +34,7 @@ def build_tiny_sam(img_size: int = 128, patch_size: int = 8, embed_dim: int = 64
             qkv_bias=True,
             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
             use_rel_pos=True,
-            window_size=4,
+            window_size=window_size,
             global_attn_indexes=(depth - 1,),
         ),
         prompt_encoder=PromptEncoder(
@@ -44,7 +47,7 @@ def build_tiny_sam(img_size: int = 128, patch_size: int = 8, embed_dim: int = 64
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(depth=2, embedding_dim=prompt_dim, mlp_dim=64, num_heads=2),
             transformer_dim=prompt_dim,
-            iou_head_depth=2,
+            iou_head_depth=iou_head_depth,
             iou_head_hidden_dim=32,
         ),
     )
@@ -53,8 +56,44 @@ def build_tiny_sam(img_size: int = 128, patch_size: int = 8, embed_dim: int = 64
     with torch.no_grad():
         for name, param in sam.named_parameters():
             if "rel_pos" in name:
-                param.normal_(0.0, 0.02)
+                param.normal_(0.0, rel_pos_std)
+        if pos_embed_std > 0 and sam.image_encoder.pos_embed is not None:
+            sam.image_encoder.pos_embed.normal_(0.0, pos_embed_std)
     return sam.eval()
+
+
+# The engine tests' network: 256-px input, 16-px patches (16 x 16 grid, 64 x 64 low-res masks), a
+# window of 6 (16 is not a multiple of 6, so window padding is exercised) and strong relative-position
+# tables, so that the attention bias matters when the engine is compared with segment_anything.
+ENGINE_TINY = dict(img_size=256, patch_size=16, embed_dim=48, window_size=6, rel_pos_std=0.5,
+                   pos_embed_std=0.1, iou_head_depth=3)
+
+
+def build_engine_sam(seed: int = 0) -> Sam:
+    """:func:`build_tiny_sam` with the :data:`ENGINE_TINY` settings."""
+    return build_tiny_sam(seed=seed, **ENGINE_TINY)
+
+
+def engine_loaded_model(seed: int = 0, adapter_fingerprint: str | None = None) -> LoadedModel:
+    """A :class:`LoadedModel` around :func:`build_engine_sam` with its real fingerprint."""
+    sam = build_engine_sam(seed)
+    return LoadedModel(sam=sam, name="tiny-test", arch="tiny", device=torch.device("cpu"),
+                       fingerprint=fingerprint_state_dict(sam.state_dict()), adapter_fingerprint=adapter_fingerprint)
+
+
+def vit_b_loaded_model(seed: int = 0) -> LoadedModel:
+    """Random-init official ViT-B SAM (seeded), with small random relative-position tables."""
+    from segment_anything import build_sam_vit_b
+
+    torch.manual_seed(seed)
+    sam = build_sam_vit_b(checkpoint=None)
+    with torch.no_grad():
+        for block in sam.image_encoder.blocks:
+            block.attn.rel_pos_h.normal_(0.0, 0.05)
+            block.attn.rel_pos_w.normal_(0.0, 0.05)
+    sam.eval()
+    return LoadedModel(sam=sam, name="vit_b", arch="vit_b", device=torch.device("cpu"),
+                       fingerprint=fingerprint_state_dict(sam.state_dict()))
 
 
 class TinyConvEncoder(torch.nn.Module):

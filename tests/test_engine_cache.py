@@ -16,7 +16,7 @@ import torch
 from napari_vfmseg.engine import DiskCache, Embedding, MemoryCache, Segmenter, embedding_key
 from napari_vfmseg.engine.cache import default_memory_bytes
 
-from _tiny_sam import tiny_loaded_model
+from _tiny_models import engine_loaded_model
 
 TESTS = Path(__file__).parent
 
@@ -96,7 +96,7 @@ def _chunk_file(entry: Path) -> Path:
 
 @pytest.mark.parametrize("damage", ["truncate chunk", "flip a byte", "wrong checksum", "no metadata"])
 def test_damaged_disk_entry_is_recomputed_never_served(tmp_path, damage):
-    model = tiny_loaded_model(seed=3)
+    model = engine_loaded_model(seed=3)
     image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
     first = Segmenter(model, cache_dir=tmp_path)
     reference = first.set_image(image)
@@ -129,7 +129,7 @@ def test_damaged_disk_entry_is_recomputed_never_served(tmp_path, damage):
 
 
 def test_memory_then_disk_hits_and_adapter_invalidation(tmp_path):
-    model = tiny_loaded_model(seed=4)
+    model = engine_loaded_model(seed=4)
     image = np.random.default_rng(1).integers(0, 255, (32, 48, 3), dtype=np.uint8)
     segmenter = Segmenter(model, cache_dir=tmp_path)
     segmenter.set_image(image)
@@ -144,7 +144,7 @@ def test_memory_then_disk_hits_and_adapter_invalidation(tmp_path):
     assert (ours.mask == exact.mask).mean() > 0.99  # float16 storage, same masks
     assert from_disk.features.dtype == torch.float32
 
-    adapted = tiny_loaded_model(seed=4, adapter_fingerprint="lora-1234")
+    adapted = engine_loaded_model(seed=4, adapter_fingerprint="lora-1234")
     assert adapted.cache_key != model.cache_key
     with_adapter = Segmenter(adapted, cache_dir=tmp_path)
     with_adapter.set_image(image)
@@ -153,7 +153,7 @@ def test_memory_then_disk_hits_and_adapter_invalidation(tmp_path):
 
 
 def test_small_memory_budget_still_serves_from_disk(tmp_path):
-    model = tiny_loaded_model(seed=5)
+    model = engine_loaded_model(seed=5)
     segmenter = Segmenter(model, cache_dir=tmp_path, memory_bytes=0)
     volume = np.random.default_rng(2).integers(0, 255, (3, 20, 24), dtype=np.uint8)
     segmenter.set_volume(volume)
@@ -172,9 +172,9 @@ def test_new_process_reuses_the_disk_cache_without_encoding(tmp_path):
         import json, sys
         import numpy as np
         sys.path.insert(0, {str(TESTS)!r})
-        from _tiny_sam import tiny_loaded_model
+        from _tiny_models import engine_loaded_model
         from napari_vfmseg.engine import Segmenter
-        segmenter = Segmenter(tiny_loaded_model(seed=7), cache_dir={str(cache_dir)!r})
+        segmenter = Segmenter(engine_loaded_model(seed=7), cache_dir={str(cache_dir)!r})
         segmenter.set_volume(np.load({str(tmp_path / "volume.npy")!r}), axis=1, window="soft_tissue")
         segmenter.embed_planes()
         mask = segmenter.predict(points=[(2, 10)], plane=5).mask
@@ -182,7 +182,7 @@ def test_new_process_reuses_the_disk_cache_without_encoding(tmp_path):
                            "mask_sum": int(mask.sum())}}))
         """
     )
-    first = Segmenter(tiny_loaded_model(seed=7), cache_dir=cache_dir)
+    first = Segmenter(engine_loaded_model(seed=7), cache_dir=cache_dir)
     first.set_volume(volume, axis=1, window="soft_tissue")
     assert first.embed_planes() == 30
     expected_mask = first.predict(points=[(2, 10)], plane=5).mask
@@ -217,7 +217,7 @@ def test_cli_embed_fills_the_cache_once(tmp_path, monkeypatch, capsys):
 
     def fake_load_model(name, device="auto", **kwargs):  # the registry is another module's business
         requested.append((name, device))
-        return tiny_loaded_model(seed=10)
+        return engine_loaded_model(seed=10)
 
     monkeypatch.setattr(models, "load_model", fake_load_model)
     volume_path = _tiny_volume_file(tmp_path)
@@ -261,7 +261,7 @@ def test_bench_quick_reports_equivalence_and_cache_figures(capsys):
 
 
 def test_a_failed_disk_write_warns_and_the_prediction_goes_on(tmp_path, monkeypatch):
-    model = tiny_loaded_model(seed=11)
+    model = engine_loaded_model(seed=11)
     segmenter = Segmenter(model, cache_dir=tmp_path)
 
     def full_disk(key, embedding):

@@ -13,7 +13,7 @@ from napari_vfmseg.engine.acceleration import FastDecoder, encoder_forward_sdpa,
 from napari_vfmseg.engine.preprocess import Geometry, encoder_input, prepare_image, upscale_logits
 from napari_vfmseg.io.windowing import Window, apply_window
 
-from _tiny_sam import build_tiny_sam, tiny_loaded_model, vit_b_loaded_model
+from _tiny_models import build_engine_sam, engine_loaded_model, vit_b_loaded_model
 
 
 def scene(rows: int, cols: int, seed: int = 0) -> np.ndarray:
@@ -82,7 +82,7 @@ def test_grey_resize_equals_rgb_resize_of_replicated_slice():
     reference = ResizeLongestSide(256).apply_image(np.repeat(grey[..., None], 3, axis=2))
     for channel in range(3):
         np.testing.assert_array_equal(prepared.pixels, reference[..., channel])
-    sam = build_tiny_sam()
+    sam = build_engine_sam()
     ours = encoder_input([prepared], sam, torch.device("cpu"))
     upstream = sam.preprocess(torch.as_tensor(reference).permute(2, 0, 1).contiguous()[None])
     assert torch.equal(ours, upstream)
@@ -98,7 +98,7 @@ def test_windowed_slice_is_what_the_encoder_sees():
 
 @pytest.mark.parametrize("size", [(300, 600), (600, 300), (257, 1000), (1024, 1024), (50, 70), (13, 9)])
 def test_upscale_logits_equals_sam_postprocess(size):
-    sam = build_tiny_sam()
+    sam = build_engine_sam()
     geometry = Geometry.for_shape(size[0], size[1], sam.image_encoder.img_size)
     low = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     ours = upscale_logits(low, geometry)
@@ -111,7 +111,7 @@ def test_upscale_logits_equals_sam_postprocess(size):
 
 
 def test_sdpa_attention_equals_upstream_attention():
-    sam = build_tiny_sam(seed=4)
+    sam = build_engine_sam(seed=4)
     torch.manual_seed(5)
     with torch.inference_mode():
         for block in sam.image_encoder.blocks:
@@ -129,7 +129,7 @@ def test_sdpa_attention_equals_upstream_attention():
 
 
 def test_fast_decoder_equals_mask_decoder_with_and_without_mask_prompt():
-    sam = build_tiny_sam(seed=6)
+    sam = build_engine_sam(seed=6)
     decoder = FastDecoder(sam)
     assert decoder.usable
     torch.manual_seed(7)
@@ -149,7 +149,7 @@ def test_fast_decoder_equals_mask_decoder_with_and_without_mask_prompt():
 
 
 def test_fast_decoder_cache_follows_weight_changes():
-    model = tiny_loaded_model(seed=8)
+    model = engine_loaded_model(seed=8)
     image = scene(90, 120)
     segmenter = Segmenter(model)
     segmenter.set_image(image)
@@ -194,7 +194,7 @@ def scaled(prompt: dict, shape: tuple[int, int]) -> dict:
 @pytest.mark.parametrize("accelerate", ["sdpa", "none"])
 @pytest.mark.parametrize("name", list(PROMPTS))
 def test_tiny_model_matches_sam_predictor(name, accelerate, shape):
-    model = tiny_loaded_model(seed=2)
+    model = engine_loaded_model(seed=2)
     image = scene(*shape, seed=3)
     predictor = SamPredictor(model.sam)
     predictor.set_image(image)
@@ -292,11 +292,11 @@ def test_medsam_convention_follows_medsam_inference_recipe():
     rgb = np.repeat(grey[..., None], 3, axis=2)
     reference = resize(rgb, (256, 256), order=3, preserve_range=True, anti_aliasing=True).astype(np.uint8)
     np.testing.assert_array_equal(prepared.pixels, reference[..., 0])
-    tensor = encoder_input([prepared], build_tiny_sam(), torch.device("cpu"))
+    tensor = encoder_input([prepared], build_engine_sam(), torch.device("cpu"))
     scaled = (reference - reference.min()) / max(int(reference.max()) - int(reference.min()), 1e-8)
     torch.testing.assert_close(tensor[0], torch.as_tensor(scaled, dtype=torch.float32).permute(2, 0, 1))
 
-    model = tiny_loaded_model(seed=13)
+    model = engine_loaded_model(seed=13)
     model.info["preprocess"] = "medsam"
     segmenter = Segmenter(model)
     segmenter.set_image(grey)
@@ -323,7 +323,7 @@ def test_a_non_standard_decoder_falls_back_to_its_own_modules():
             LoggingAttention.calls += 1
             return super().forward(q, k, v)
 
-    model = tiny_loaded_model(seed=14)
+    model = engine_loaded_model(seed=14)
     image = scene(64, 80, seed=15)
     segmenter = Segmenter(model)
     segmenter.set_image(image)

@@ -10,12 +10,12 @@ import pytest
 
 from napari_vfmseg.engine import Segmenter, outward_order
 
-from _tiny_sam import tiny_loaded_model
+from _tiny_models import engine_loaded_model
 
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_loaded_model(seed=9)
+    return engine_loaded_model(seed=9)
 
 
 def volume(planes: int = 7) -> np.ndarray:

@@ -10,12 +10,12 @@ from napari_vfmseg.engine import Prediction, Segmenter
 from napari_vfmseg.engine.preprocess import Geometry, upscale_logits
 from napari_vfmseg.io.windowing import CT_PRESETS, apply_window, resolve_window
 
-from _tiny_sam import tiny_loaded_model
+from _tiny_models import engine_loaded_model
 
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_loaded_model(seed=1)
+    return engine_loaded_model(seed=1)
 
 
 def ct_volume(planes: int = 5, rows: int = 48, cols: int = 40, seed: int = 0) -> np.ndarray:
