@@ -242,3 +242,18 @@ def test_cancel_failure_and_a_bad_adapter_leave_the_previous_adapter_in_use(anno
     assert any("could not switch to v002" in m for m in _messages("error"))
     assert active_adapter(model).fingerprint == in_use and store.active_name(model.fingerprint) == "v001"
     assert np.array_equal(_predict(widget, segmenter).logits, reference.logits)
+
+
+def test_round_text_keeps_the_forgetting_warning_in_view():
+    from types import SimpleNamespace
+
+    from napari_vfmseg.widgets.finetune_panel import describe_round
+
+    plan = SimpleNamespace(describe=lambda: "14 training planes", held_out=[1, 2])
+    base = dict(plan=plan, train=SimpleNamespace(steps_done=50, best_step=40), seconds=100.0, version=None,
+                config=SimpleNamespace(mode="decoder"), dice_before=0.30, dice_after=0.43)
+    kept = describe_round(SimpleNamespace(**base, guard_before=0.649, guard_after=0.645, notes=[]))
+    forgot = describe_round(SimpleNamespace(**base, guard_before=0.649, guard_after=0.544,
+                                            notes=["original-domain Dice fell by 10.5 points"]))
+    assert "0.300 → 0.430" in kept and "warning" not in kept
+    assert "0.649 → 0.544" in forgot and "warning: original-domain Dice fell by 10.5 points" in forgot

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -54,7 +55,7 @@ __all__ = ["FinetunePanel", "LossPlot", "default_project_folder", "MODES_SHOWN",
 
 MODES_SHOWN = ("decoder", "encoder-lora")
 # Defaults of training.rounds.RoundConfig, repeated so that building the panel does not import torch.
-DEFAULT_STEPS = 100
+DEFAULT_STEPS = 50
 DEFAULT_RANK = 4
 _GROUP_OFFSET = 100_000   # plane numbers of different volumes never share a split block
 
@@ -251,7 +252,10 @@ class FinetunePanel(QWidget):
         annotator.model_changed.connect(self._on_model_changed)
         annotator.state_changed.connect(self._update_controls)
         annotator.engine.progress.connect(self._on_embed_progress)
-        annotator.destroyed.connect(self._stop_for_good)
+        # The slot must not be a method of this panel: Qt deletes child widgets before the parent's
+        # ``destroyed`` is emitted, and calling into a deleted panel at exit can abort the process.
+        self._round_events: list[threading.Event] = []
+        annotator.destroyed.connect(partial(_set_all, self._round_events))
         # The project opens with the first model (opening it imports the training code, and torch).
         self._pending_project: Optional[str] = str(project if project is not None else default_project_folder())
         self.project_edit.setText(self._pending_project)
@@ -496,6 +500,7 @@ class FinetunePanel(QWidget):
         model, store, guard_sample = self._model(), self.store, self.guard_sample
         cancel = threading.Event()
         self._cancel = cancel
+        self._round_events[:] = [cancel]
         emit = self.progressed.emit
 
         def job():
@@ -534,10 +539,6 @@ class FinetunePanel(QWidget):
         if self.running and self._cancel is not None:
             self._cancel.set()
             self.status_label.setText("cancelling …")
-
-    def _stop_for_good(self, *_args) -> None:
-        if self._cancel is not None:
-            self._cancel.set()
 
     def _on_progress(self, progress) -> None:
         if not self.running:
@@ -679,6 +680,12 @@ class FinetunePanel(QWidget):
         self.status_label.setText(f"embedding planes for the new encoder: {done} of {total or '…'}")
 
 
+def _set_all(events: list, *_args) -> None:
+    """Set every event in ``events`` (cancels a running round when the annotator goes away)."""
+    for event in events:
+        event.set()
+
+
 def describe_round(result) -> str:
     """The result text of a finished round: held-out and original-domain Dice before → after."""
     plan = result.plan
@@ -687,6 +694,7 @@ def describe_round(result) -> str:
         f"held-out planes ({len(plan.held_out)}), 1-click Dice: {_pair(result.dice_before, result.dice_after)}",
         f"original domain, 1-click Dice: {_pair(result.guard_before, result.guard_after)}",
     ]
+    lines += [f"warning: {note}" for note in getattr(result, "notes", [])]
     if result.version is not None:
         lines.insert(0, f"new version {result.version.name} ({result.config.mode})")
     return "\n".join(lines)
