@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QLineEdit,
     QProgressBar,
     QPushButton,
@@ -162,6 +163,7 @@ class FinetunePanel(QWidget):
         self._counts: Optional[dict] = None
 
         layout = QVBoxLayout(self)
+        layout.setSizeConstraint(QLayout.SetMinimumSize)  # word-wrapped labels must not squeeze the form rows
         layout.setContentsMargins(0, 0, 0, 0)
         self.model_label = QLabel("")
         self.model_label.setWordWrap(True)

@@ -1,0 +1,64 @@
+"""Picture of the viewer's Fine-tune section after a short round, for docs/images/finetune_panel.png.
+
+    xvfb-run -a python scripts/make_finetune_screenshot.py docs/images/finetune_panel.png
+
+Opens the abdomen CT sample with the built-in model, puts the phantom's true labels of 12 planes in
+as "committed" objects (a stand-in for a user's corrections), runs a 20-step decoder round into a
+temporary project folder and saves the docked section as a PNG.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(out: str) -> int:
+    import napari_vfmseg.engine  # noqa: F401  (torch before OpenGL: see widgets._gl_compat)
+    import napari
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+
+    from napari_vfmseg.cli.demo import _populate
+    from napari_vfmseg.engine import Segmenter
+    from napari_vfmseg.models import load_model
+    from napari_vfmseg.widgets.annotator import AnnotatorWidget
+
+    viewer = napari.Viewer(show=False)
+    viewer.window.resize(1500, 1100)
+    _populate(viewer, "abdomen_ct")
+    truth = np.asarray(viewer.layers["abdomen_ct ground truth"].data)
+    widget = AnnotatorWidget(viewer, autoload=False)
+    viewer.window.add_dock_widget(widget, name="Segment (VFM)", area="right")
+    widget.set_image_layer(viewer.layers["abdomen_ct"])
+    widget.use_segmenter(Segmenter(load_model("builtin", device="cpu")))
+    labels = np.zeros_like(truth)
+    planes = list(range(8, 44, 3))
+    labels[planes] = truth[planes]
+    widget.session.set_labels(labels)
+    panel = widget.finetune_panel
+    panel.set_project(tempfile.mkdtemp(prefix="vfmseg-finetune-"))
+    panel.steps_spin.setValue(20)
+    panel.refresh()
+    if not panel.start():
+        print("the round did not start:", panel.unavailable_reason(), file=sys.stderr)
+        return 1
+    deadline = time.time() + 600
+    while panel.running and time.time() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.05)
+    for _ in range(20):
+        QApplication.processEvents()
+        time.sleep(0.05)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    panel.parentWidget().grab().save(out)
+    widget.shutdown()
+    viewer.close()
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1] if len(sys.argv) > 1 else "finetune_panel.png"))
