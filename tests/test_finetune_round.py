@@ -25,12 +25,7 @@ from _tiny_models import synthetic_volume, tiny_loaded_model
 FAST = dict(steps=30, lr=1e-2, images_per_step=2, prompts_per_image=2, correction_clicks=1, val_every=10)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

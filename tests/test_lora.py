@@ -23,13 +23,7 @@ from napari_vfmseg.models.lora import (
 from _tiny_models import build_tiny_sam
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sam_outputs(sam, image: torch.Tensor):

@@ -28,12 +28,7 @@ from napari_vfmseg.training.prompts import PromptSet
 from _tiny_models import synthetic_volume, tiny_loaded_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

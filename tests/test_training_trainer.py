@@ -16,13 +16,7 @@ from napari_vfmseg.training.trainer import TrainConfig, Trainer, embed_images, f
 from _tiny_models import synthetic_volume, tiny_loaded_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,7 @@ CORRECTED = list(range(1, 24, 2))
 BOX = (20.0, 14.0, 50.0, 46.0)   # a prompt for comparing predictions (object 1 lies in it)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SwitchableOracle(Segmenter):
