@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,7 +51,13 @@ def run(args: argparse.Namespace) -> int:
     from napari_vfmseg._display import has_display
 
     if args.headless or not has_display():
-        return run_headless(args.sample, Path(args.out), model=args.model)
+        code = run_headless(args.sample, Path(args.out), model=args.model)
+        # Every file and the JSON line are written by now. Qt's and torch's threads sometimes abort
+        # the interpreter's teardown after a headless viewer ("terminate called without an active
+        # exception"); a finished run must not exit with that, so leave without the teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return run_interactive(args.sample, model=args.model)
 
 
