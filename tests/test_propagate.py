@@ -388,7 +388,13 @@ def test_score_drop_relative_to_the_best_score_of_the_walk():
 
 
 def test_builtin_model_gets_its_own_propagation_defaults():
-    tuned = PropagationConfig.for_model("builtin")
+    from types import SimpleNamespace
+
+    from napari_vfmseg.models import get_spec
+
+    builtin = SimpleNamespace(info={"propagation": get_spec("builtin").propagation})
+    tuned = PropagationConfig.for_model(builtin)
     assert tuned.policy.box_margin == tuned.policy.box_margin_px == 0 and not tuned.policy.logits
     assert tuned.min_score_ratio == 0.8
-    assert PropagationConfig.for_model("vit_b") == PropagationConfig() == PropagationConfig.for_model(None)
+    vit_b = SimpleNamespace(info={"propagation": get_spec("vit_b").propagation})
+    assert PropagationConfig.for_model(vit_b) == PropagationConfig() == PropagationConfig.for_model(None)

@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     check_prompts(keys, array.shape, axis)
 
     from napari_vfmseg.engine import Segmenter, propagate
-    from napari_vfmseg.engine.propagate import PropagationConfig, model_arch
+    from napari_vfmseg.engine.propagate import PropagationConfig, segmenter_model
     from napari_vfmseg.models import load_model
 
     started = time.perf_counter()
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     result = None
     if args.propagate:
         config = replace(
-            PropagationConfig.for_model(model_arch(segmenter)),
+            PropagationConfig.for_model(segmenter_model(segmenter)),
             largest_component=args.largest_component,
             fill_holes=args.fill_holes,
             **({} if args.min_score is None else {"min_score": args.min_score}),

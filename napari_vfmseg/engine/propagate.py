@@ -43,7 +43,8 @@ __all__ = [
     "STOP_REASONS",
     "next_plane_prompt",
     "stop_reason",
-    "model_arch",
+    "segmenter_model",
+    "preset",
     "reconcile",
     "propagate",
 ]
@@ -223,24 +224,33 @@ class PropagationConfig:
         return asdict(self)
 
     @classmethod
-    def for_model(cls, arch: Optional[str]) -> "PropagationConfig":
-        """The default settings for a model architecture (``LoadedModel.arch``).
-
-        The built-in model tends to fill the box it is given and its IoU head is not calibrated, so
-        it walks with a tight box and one point (a margin would let the mask grow by the margin on
-        every plane; the previous plane's logits are not what it learnt to refine) and stops when
-        its score falls below 0.8 x its best on the walk (docs/3d.md has the comparison). Other
-        models get the class defaults.
-        """
-        if arch == "builtin":
-            return cls(policy=PromptPolicy(box=True, box_margin=0.0, box_margin_px=0.0, points=1, logits=False),
-                       min_score_ratio=0.8)
-        return cls()
+    def for_model(cls, model) -> "PropagationConfig":
+        """The default settings for a model: the preset its registry entry names in
+        ``model.info["propagation"]`` (a :class:`~napari_vfmseg.models.base.LoadedModel`; None or
+        no entry: "generic"), built by :func:`preset`."""
+        return preset(str(((getattr(model, "info", None) or {}).get("propagation")) or "generic"))
 
 
-def model_arch(segmenter) -> Optional[str]:
-    """The architecture of the segmenter's model (``segmenter.model.arch``), when it has one."""
-    return getattr(getattr(segmenter, "model", None), "arch", None)
+def preset(name: str) -> PropagationConfig:
+    """A named set of propagation defaults.
+
+    ``"generic"``: the class defaults. ``"tight"``: for a model that tends to fill the box it is
+    given and whose IoU head is not calibrated (the built-in one): a tight box and one point (a
+    margin would let the mask grow by the margin on every plane; the previous plane's logits are
+    not what such a model learnt to refine), and a stop when the score falls below 0.8 x its best
+    on the walk (docs/3d.md has the comparison).
+    """
+    if name == "generic":
+        return PropagationConfig()
+    if name == "tight":
+        return PropagationConfig(policy=PromptPolicy(box=True, box_margin=0.0, box_margin_px=0.0, points=1, logits=False),
+                                 min_score_ratio=0.8)
+    raise ValueError(f"unknown propagation preset {name!r}: use 'generic' or 'tight'")
+
+
+def segmenter_model(segmenter):
+    """The model of an engine Segmenter (``segmenter.model``), or None for a stand-in without one."""
+    return getattr(segmenter, "model", None)
 
 
 def stop_reason(mask: np.ndarray, score: float, previous: np.ndarray, config: PropagationConfig,
@@ -493,7 +503,7 @@ def propagate(
     ``cancelled=True`` and what was done by then.
     """
     started = time.perf_counter()
-    config = config or PropagationConfig.for_model(model_arch(segmenter))
+    config = config or PropagationConfig.for_model(segmenter_model(segmenter))
     if overrides:
         unknown = sorted(set(overrides) - set(PropagationConfig.__dataclass_fields__))
         if unknown:

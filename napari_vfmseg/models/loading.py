@@ -235,6 +235,7 @@ def load_model(
         "licence": spec.licence if spec else None,
         "description": spec.description if spec else ARCHITECTURES[arch_key].description,
         "preprocess": spec.preprocess if spec else "sam",
+        "propagation": spec.propagation if spec else "generic",
         "parameters": sum(p.numel() for p in sam.parameters()),
         "encoder_parameters": sum(p.numel() for p in sam.image_encoder.parameters()),
         "cpu_threads": cpu_threads,

@@ -104,6 +104,7 @@ class ModelSpec:
     size_bytes: Optional[int] = None
     homepage: Optional[str] = None
     preprocess: str = "sam"
+    propagation: str = "generic"  # the 3D walk's preset: engine.propagate.PROPAGATION_PRESETS
     package_file: Optional[str] = None  # weights shipped in the napari_vfmseg package (no download)
 
     def __post_init__(self) -> None:
@@ -115,6 +116,8 @@ class ModelSpec:
             raise ValueError(f"model {self.name!r}: sha256 must be 64 lower-case hex digits")
         if self.preprocess not in ("sam", "medsam"):
             raise ValueError(f"model {self.name!r}: preprocess must be 'sam' or 'medsam'")
+        if self.propagation not in ("generic", "tight"):
+            raise ValueError(f"model {self.name!r}: propagation must be 'generic' or 'tight'")
 
     def local_path(self) -> Path:
         """Where this model's weights are (or will be) on this machine."""
@@ -149,6 +152,7 @@ def _builtin_specs() -> list[ModelSpec]:
             image_size=shipped_config().img_size,
             filename="builtin.safetensors",
             package_file=WEIGHTS_FILE,
+            propagation="tight",   # fills its box, IoU head uncalibrated: docs/3d.md
             licence="Apache-2.0",
             homepage="https://github.com/napari-vfmseg/napari-vfmseg",
             description="napari-vfmseg built-in: small CNN encoder + SAM decoder trained on synthetic "

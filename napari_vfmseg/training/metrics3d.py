@@ -361,7 +361,7 @@ def evaluate_volume_3d(
     holds ``dice_mean``, ``extent_baseline_dice_mean``, ``all_planes_baseline_dice_mean``,
     ``dice_minus_extent_baseline``, ``abs_volume_error_ml_mean`` and more (None where empty).
     """
-    from napari_vfmseg.engine.propagate import PropagationConfig, model_arch, propagate
+    from napari_vfmseg.engine.propagate import PropagationConfig, segmenter_model, propagate
 
     volume_array = np.asarray(volume_array)
     labels = as_label_map(np.asarray(labels), "evaluation labels")
@@ -377,7 +377,7 @@ def evaluate_volume_3d(
         raise ValueError(f"spacing must be three positive numbers (mm per array axis); got {spacing}")
     targets = find_objects_3d(labels, label_ids, objects, min_voxels)
     segmenter = _as_segmenter(segmenter, volume_array, axis, window, modality)
-    config = config or PropagationConfig.for_model(model_arch(segmenter))
+    config = config or PropagationConfig.for_model(segmenter_model(segmenter))
 
     scored: list[Object3DScore] = []
     total_seconds = 0.0
