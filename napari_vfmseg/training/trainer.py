@@ -60,6 +60,7 @@ from napari_vfmseg.training.adapters import (
     save_adapter,
     set_active,
 )
+from napari_vfmseg.training.batched import encode_prompts
 from napari_vfmseg.engine.preprocess import Geometry, PreparedImage, encoder_input
 from napari_vfmseg.training.data import FramedPair, LabelledImage, augment, frame_pair, object_ids
 from napari_vfmseg.training.losses import LossWeights, mask_losses
@@ -187,18 +188,18 @@ def decode(sam, embedding: torch.Tensor, prompts: PromptSet, mask_input: Optiona
            multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Low-res logits (P, K, lh, lw) and predicted IoUs (P, K) for P prompts on one embedding (1, C, gh, gw).
 
-    Prompt coordinates are (row, col) in the model's input frame; they are turned into SAM's (x, y)
-    here. ``mask_input`` (P, 1, lh, lw) holds previous low-res logits. K is 3 with ``multimask``, else 1.
+    Prompt coordinates are (row, col) in the model's input frame; :func:`.batched.encode_prompts`
+    turns them into SAM's (x, y). ``mask_input`` (P, 1, lh, lw) holds previous low-res logits. K is
+    3 with ``multimask``, else 1.
     """
     device = embedding.device
-    points = boxes = None
+    points = labels = boxes = None
     if prompts.points is not None:
-        coords = torch.as_tensor(np.ascontiguousarray(prompts.points[..., ::-1]), dtype=torch.float32, device=device)
+        points = torch.as_tensor(np.ascontiguousarray(prompts.points), dtype=torch.float32, device=device)
         labels = torch.as_tensor(prompts.labels, dtype=torch.int64, device=device)
-        points = (coords, labels)
     if prompts.boxes is not None:
-        boxes = torch.as_tensor(prompts.boxes[:, [1, 0, 3, 2]], dtype=torch.float32, device=device)
-    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        boxes = torch.as_tensor(np.ascontiguousarray(prompts.boxes), dtype=torch.float32, device=device)
+    sparse, dense = encode_prompts(sam, points, labels, boxes, mask_input)
     return sam.mask_decoder(
         image_embeddings=embedding,
         image_pe=sam.prompt_encoder.get_dense_pe(),
