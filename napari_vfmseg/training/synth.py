@@ -305,20 +305,32 @@ class SynthGenerator:
         return image.pow(self._u(0.7, 1.5))
 
     # ------------------------------------------------------------------ public
+    def anatomy(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], dict[int, int]]:
+        """One label map and the objects a prompt may mean, before any appearance is drawn.
+
+        Returns labels (H, W) int64, objects (K, H, W) bool, parent (K,) int64 (-1: none), the K
+        kinds, and the host label of each part label (for :meth:`appearance`). Objects that
+        occlusion left smaller than ``min_object_px`` are dropped; small structures stay while
+        they keep a pixel.
+        """
+        labels, objects, parent, kind = self.label_map()
+        hosts = self._label_hosts(labels, objects, parent, kind)
+        sizes = [int(m.sum()) for m in objects]
+        keep = [i for i, n in enumerate(sizes) if n >= self.config.min_object_px or (kind[i] == "small" and n > 0)]
+        remap = {old: new for new, old in enumerate(keep)}
+        return (
+            labels,
+            torch.stack([objects[i] for i in keep]),
+            torch.tensor([remap.get(parent[i], -1) for i in keep], dtype=torch.long, device=self.device),
+            [kind[i] for i in keep],
+            hosts,
+        )
+
     def sample(self) -> SynthSample:
         """Draw one slice with its objects."""
-        labels, objects, parent, kind = self.label_map()
-        parent_of_label = self._label_hosts(labels, objects, parent, kind)
-        image = self.appearance(labels, parent_of_label)
-        keep = [i for i, m in enumerate(objects) if int(m.sum()) >= self.config.min_object_px or kind[i] == "small"]
-        remap = {old: new for new, old in enumerate(keep)}
-        return SynthSample(
-            image=image.float(),
-            labels=labels,
-            objects=torch.stack([objects[i] for i in keep]),
-            parent=torch.tensor([remap.get(parent[i], -1) for i in keep], dtype=torch.long, device=self.device),
-            kind=[kind[i] for i in keep],
-        )
+        labels, objects, parent, kind, hosts = self.anatomy()
+        image = self.appearance(labels, hosts)
+        return SynthSample(image=image.float(), labels=labels, objects=objects, parent=parent, kind=kind)
 
     @staticmethod
     def _label_hosts(labels, objects, parent, kind) -> dict[int, int]:

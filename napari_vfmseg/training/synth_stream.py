@@ -37,9 +37,9 @@ class StreamConfig:
         return self.label_maps * self.renders
 
 
-def _pick_objects(kind: list[str], count: int, generator: torch.Generator) -> torch.Tensor:
+def _pick_objects(kind: list[str], count: int, body_weight: float, generator: torch.Generator) -> torch.Tensor:
     """Indices of ``count`` objects, without repetition while there are enough."""
-    weight = torch.tensor([0.3 if k == "body" else 1.0 for k in kind])
+    weight = torch.tensor([body_weight if k == "body" else 1.0 for k in kind])
     replace = len(kind) < count
     return torch.multinomial(weight, count, replacement=replace, generator=generator)
 
@@ -51,17 +51,10 @@ def step_batch(cfg: StreamConfig, step: int) -> tuple[torch.Tensor, torch.Tensor
     pick = torch.Generator().manual_seed(seed)
     images, targets = [], []
     for _ in range(cfg.label_maps):
-        labels, objects, parent, kind = gen.label_map()
-        hosts = gen._label_hosts(labels, objects, parent, kind)
-        stacked = torch.stack(objects)
-        sizes = stacked.flatten(1).sum(dim=1)
-        usable = [i for i, k in enumerate(kind) if int(sizes[i]) >= (6 if k == "small" else gen.config.min_object_px)]
-        if not usable:
-            usable = [0]
+        labels, objects, _, kind, hosts = gen.anatomy()
         for _ in range(cfg.renders):
             image = gen.appearance(labels, hosts)
-            chosen = [usable[int(i)] for i in _pick_objects([kind[i] for i in usable], cfg.objects, pick)]
-            target = stacked[chosen]
+            target = objects[_pick_objects(kind, cfg.objects, cfg.body_weight, pick)]
             flip = int(torch.randint(0, 4, (), generator=pick))
             if flip & 1:
                 image, target = image.flip(-1), target.flip(-1)
