@@ -18,6 +18,8 @@ from typing import Optional
 import torch
 from torch.nn import functional as F
 
+from napari_vfmseg.training.losses import dice_loss, focal_loss, mask_iou
+
 __all__ = ["BatchPromptConfig", "sample_points", "jittered_boxes", "encode_prompts", "decode_paired",
            "prompt_losses", "pretrain_loss"]
 
@@ -129,19 +131,12 @@ def prompt_losses(low: torch.Tensor, iou: torch.Tensor, targets: torch.Tensor,
     n, m = low.shape[:2]
     size = targets.shape[-1]
     logits = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)
-    target = targets[:, None].float().expand(-1, m, -1, -1)
-    prob = torch.sigmoid(logits)
-    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    p_t = prob * target + (1 - prob) * (1 - target)
-    focal = ((0.25 * target + 0.75 * (1 - target)) * ce * (1 - p_t) ** 2).flatten(2).mean(dim=2)
-    inter = (prob * target).flatten(2).sum(dim=2)
-    dice = 1 - (2 * inter + 1) / (prob.flatten(2).sum(dim=2) + target.flatten(2).sum(dim=2) + 1)
+    flat_logits = logits.reshape(n * m, size, size)
+    flat_targets = targets[:, None].expand(-1, m, -1, -1).reshape(n * m, size, size)
+    focal = focal_loss(flat_logits, flat_targets).view(n, m)
+    dice = dice_loss(flat_logits, flat_targets).view(n, m)
     mask_loss = focal_weight * focal + dice                                    # (N, M)
-    with torch.no_grad():
-        pred = logits > 0
-        truth = target > 0.5
-        union = (pred | truth).flatten(2).sum(dim=2).float()
-        true_iou = torch.where(union > 0, (pred & truth).flatten(2).sum(dim=2).float() / union.clamp(min=1), torch.ones_like(union))
+    true_iou = mask_iou(flat_logits, flat_targets).view(n, m)
     iou_loss = ((iou.float() - true_iou) ** 2).mean(dim=1)
     best = mask_loss.argmin(dim=1)
     best_loss = mask_loss.gather(1, best[:, None])[:, 0]
