@@ -379,9 +379,10 @@ class FinetunePanel(QWidget):
 
     # ================================================================== counts and controls
 
-    def sources(self) -> list[_Source]:
+    def sources(self, copy: bool = True) -> list[_Source]:
         """The open annotated volumes: the annotator's image (its window and axis) and every image
-        layer with an "<name> objects" labels layer of its shape. Labels are copied."""
+        layer with an "<name> objects" labels layer of its shape. Labels are copied (for a round that
+        trains while the user edits) unless ``copy`` is False (counting only)."""
         from napari.layers import Image, Labels
 
         annotator = self.annotator
@@ -392,7 +393,7 @@ class FinetunePanel(QWidget):
             layer = annotator.image_layer
             plane = annotator.current_plane()
             axis = None if session.ndim == 2 else (plane.axis if plane is not None else (annotator.engine.axis or 0))
-            out.append(_Source(layer.name, np.asarray(layer.data), np.array(session.labels, copy=True), axis,
+            out.append(_Source(layer.name, np.asarray(layer.data), _labels_array(session.labels, copy), axis,
                                annotator.window_combo.currentData(), _modality(layer)))
             seen.add(layer.unique_id)
         layers = list(annotator.viewer.layers)
@@ -403,14 +404,14 @@ class FinetunePanel(QWidget):
                            and lab.data.shape == layer.data.shape), None)
             if target is None:
                 continue
-            out.append(_Source(layer.name, np.asarray(layer.data), np.array(target.data, copy=True),
+            out.append(_Source(layer.name, np.asarray(layer.data), _labels_array(target.data, copy),
                                0 if layer.data.ndim == 3 else None, None, _modality(layer)))
         return out
 
     def counts(self) -> dict:
         """``planes`` and ``objects`` (committed, per plane) and ``volumes`` available for training."""
         planes = objects = volumes = 0
-        for source in self.sources():
+        for source in self.sources(copy=False):
             labels = source.labels if source.axis is None else np.moveaxis(source.labels, source.axis, 0)
             stack = labels[None] if labels.ndim == 2 else labels
             flat = stack.reshape(stack.shape[0], -1)
@@ -707,6 +708,11 @@ def _pair(before: Optional[float], after: Optional[float]) -> str:
         return "not measured"
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     return f"{fmt(before)} → {fmt(after)}"
+
+
+def _labels_array(data, copy: bool) -> np.ndarray:
+    """The labels as a numpy array: a copy, or a view where one is possible (counting only)."""
+    return np.array(data, copy=True) if copy else np.asarray(data)
 
 
 def _modality(layer) -> Optional[str]:
