@@ -84,3 +84,26 @@ def test_box_on_the_mr_phantom_white_matter_reaches_0_9():
     plane, truth = _largest_plane(labels.array, 6)
     dice = _dice(seg.predict(box=bounding_box(truth), plane=plane).mask, truth)
     assert dice >= 0.9 and dice > _filled_box_dice(truth) + 0.05
+
+
+def test_walk_through_the_spine_stops_at_each_vertebral_body_s_discs():
+    """3D with the built-in model on the CT phantom (held out): from one box on a vertebral body, the walk
+    stops at the discs above and below (the appearance check of its propagation preset); without that
+    check the box-filling model walks on through the whole spine (docs/3d.md)."""
+    from scipy import ndimage
+
+    from napari_vfmseg.engine import propagate
+
+    volume, labels = load_sample("abdomen_ct")
+    seg = Segmenter(load_model("builtin", device="cpu"))
+    seg.set_volume(volume.array, axis=0, modality=volume.modality)
+    parts, _ = ndimage.label(labels.array == 8, structure=np.ones((3, 3, 3), bool))
+    body = parts == parts[23, 128, 95]  # the vertebral body of planes 23..28
+    assert np.flatnonzero(body.any(axis=(1, 2))).tolist() == list(range(23, 29))
+    seed = seg.predict(box=bounding_box(body[25]), plane=25)
+    checked = propagate(seg, {25: seed}, axis=0)
+    assert checked.planes == list(range(23, 29))
+    assert {s.reason for s in checked.stops} == {"appearance"}
+    assert _dice(checked.mask, body) >= 0.9
+    unchecked = propagate(seg, {25: seed}, axis=0, min_appearance_similarity=0.0, appearance_trim=None, max_planes=6)
+    assert len(unchecked.planes) > 10  # crosses both discs into the next bodies

@@ -101,6 +101,29 @@ def test_propagate_along_axis_1_with_points_and_label(capsys, tmp_path, tiny_mod
     assert propagation["predictions"] >= 1
 
 
+def test_appearance_options_reach_the_walk(capsys, tmp_path, tiny_model, volume_file, monkeypatch):
+    """--appearance / --appearance-trim override the model's preset; the walk reports what it measured."""
+    import napari_vfmseg.engine as engine
+
+    seen = []
+    original = engine.propagate  # the function the command imports from the package
+
+    def spy(segmenter, seeds, axis=0, config=None, **kwargs):
+        seen.append(config)
+        return original(segmenter, seeds, axis=axis, config=config, **kwargs)
+
+    monkeypatch.setattr("napari_vfmseg.engine.propagate", spy)
+    code, stdout, stderr = run_cli(capsys, volume_file, "--box", "5,4,10,16,26", "--propagate", "--appearance", "0.35",
+                                   "--appearance-trim", "1.5", "--min-score", "-100", "--model", tiny_model,
+                                   "--device", "cpu", "--out", tmp_path / "m.nii.gz", "--json")
+    assert code == 0, stderr
+    assert seen[-1].min_appearance_similarity == 0.35 and seen[-1].appearance_trim == 1.5
+    code, _, stderr = run_cli(capsys, volume_file, "--box", "5,4,10,16,26", "--propagate", "--appearance-trim", "off",
+                              "--model", tiny_model, "--device", "cpu", "--out", tmp_path / "n.nii.gz", "--json")
+    assert code == 0, stderr
+    assert seen[-1].appearance_trim is None
+
+
 def test_text_output_and_default_output_name(capsys, tmp_path, tiny_model, volume_file, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, stdout, stderr = run_cli(capsys, volume_file, "--box", "5,4,10,16,26", "--model", tiny_model,
@@ -143,6 +166,10 @@ def test_2d_image(capsys, tmp_path, tiny_model):
         (["--box", "5,4,10,16,26", "--out", "mask.png"], "cannot write labels"),
         (["--box", "5,4,10,16,26", "--min-score", "0.3"], "only applies with --propagate"),
         (["--box", "5,4,10,16,26", "--box", "5,1,1,3,3"], "already has a box"),
+        (["--box", "5,4,10,16,26", "--appearance", "0.5"], "only apply with --propagate"),
+        (["--box", "5,4,10,16,26", "--propagate", "--appearance", "1.5"], "between 0 and 1"),
+        (["--box", "5,4,10,16,26", "--propagate", "--appearance-trim", "wide"], "a number >= 0 or 'off'"),
+        (["--box", "5,4,10,16,26", "--propagate", "--appearance-trim", "-1"], "a number >= 0 or 'off'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, volume_file, args, message):

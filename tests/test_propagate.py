@@ -396,5 +396,6 @@ def test_builtin_model_gets_its_own_propagation_defaults():
     tuned = PropagationConfig.for_model(builtin)
     assert tuned.policy.box_margin == tuned.policy.box_margin_px == 0 and not tuned.policy.logits
     assert tuned.min_score_ratio == 0.8
+    assert tuned.min_appearance_similarity == 0.6 and tuned.appearance_trim == 0.25 and tuned.uses_appearance
     vit_b = SimpleNamespace(info={"propagation": get_spec("vit_b").propagation})
     assert PropagationConfig.for_model(vit_b) == PropagationConfig() == PropagationConfig.for_model(None)

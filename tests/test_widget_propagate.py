@@ -282,3 +282,10 @@ def test_session_composes_a_propagation_with_key_planes_and_drops_stale_results(
     fresh = type(stale)(0, {}, session.epoch, session.generation)
     with pytest.raises(ValueError, match="shape"):
         session.accept_propagation(fresh, np.zeros((5, 6, 6), bool))
+
+
+def test_every_stop_reason_has_words_in_the_status_line():
+    from napari_vfmseg.engine.propagate import STOP_REASONS
+    from napari_vfmseg.widgets.propagate_panel import STOP_TEXT
+
+    assert set(STOP_TEXT) == set(STOP_REASONS)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
+
+from napari_vfmseg.cli.segment import add_appearance_arguments, appearance_overrides
 
 
 def add_parser(subparsers) -> None:
@@ -36,6 +39,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--3d", dest="three_d", action="store_true",
                         help="3D protocol: one box on each object's largest plane, propagate through the "
                              "volume, 3D Dice and volume error beside the repeated-seed baselines")
+    add_appearance_arguments(parser)
     parser.add_argument("--per-object", action="store_true", help="with --json: include every object's scores")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(func=run)
@@ -57,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max-clicks must be >= 1")
     if args.max_objects is not None and args.max_objects < 1:
         raise UserError("--max-objects must be >= 1")
+    if appearance_overrides(args) and not args.three_d:  # checked before anything is read or loaded
+        raise UserError("--appearance and --appearance-trim only apply with --3d")
     window = parse_window(args.window)
     volume, labels = _read_pair(args.volume, args.labels)
     array = volume.array if volume.array.ndim == 3 else volume.array[None]
@@ -126,12 +132,15 @@ def run(args: argparse.Namespace) -> int:
 def _run_3d(args: argparse.Namespace, volume, labels, segmenter, window, model) -> int:
     """``--3d``: propagate from one box per object; print the 3D report (JSON or a short table)."""
     from napari_vfmseg.cli import UserError
+    from napari_vfmseg.engine.propagate import PropagationConfig, segmenter_model
     from napari_vfmseg.training.metrics3d import evaluate_volume_3d
 
     if volume.array.ndim != 3 or getattr(volume, "is_rgb", False):
         raise UserError(f"{args.volume}: --3d needs a 3D volume, got shape {volume.array.shape}")
+    config = replace(PropagationConfig.for_model(segmenter_model(segmenter)), **appearance_overrides(args))
     report = evaluate_volume_3d(volume.array, labels.array, segmenter, axis=args.axis, min_size_mm=20.0,
-                                spacing=volume.spacing, window=window, modality=getattr(volume, "modality", None))
+                                spacing=volume.spacing, window=window, modality=getattr(volume, "modality", None),
+                                config=config)
     report = {"volume": str(args.volume), "labels": str(args.labels), "model": model.name,
               "adapter": args.adapter, "axis": args.axis, **report}
     if args.json:

@@ -40,12 +40,48 @@ def add_parser(subparsers) -> None:
                         help="intensity window: auto, percentile, a CT preset (soft_tissue, lung, bone, brain) or LEVEL,WIDTH")
     parser.add_argument("--min-score", type=float, default=None,
                         help="propagation stops where the predicted IoU falls below this (default 0.5)")
+    add_appearance_arguments(parser)
     parser.add_argument("--largest-component", action="store_true", help="keep only the largest 3D connected part")
     parser.add_argument("--fill-holes", action="store_true", help="fill holes in the mask plane by plane")
     parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
     parser.add_argument("--cache-dir", default=None, help="embedding cache folder to use")
     parser.add_argument("--json", action="store_true", help="print one JSON summary instead of text")
     parser.set_defaults(func=run)
+
+
+def add_appearance_arguments(parser: argparse.ArgumentParser) -> None:
+    """The propagation options on the object's intensities (shared by ``segment`` and ``evaluate --3d``)."""
+    parser.add_argument("--appearance", type=float, default=None, metavar="S",
+                        help="propagation stops where the mask's intensities look like neither the key plane's "
+                             "object nor the previous plane's (histogram similarity below S, 0..1; 0 = off; "
+                             "default: the model's preset, 0.6 for the built-in model, off for others)")
+    parser.add_argument("--appearance-trim", default=None, metavar="T",
+                        help="drop predicted pixels more than T spreads outside the object's intensity range, or "
+                             "'off' (default: the model's preset, 0.25 for the built-in model, off for others)")
+
+
+def appearance_overrides(args: argparse.Namespace) -> dict:
+    """``PropagationConfig`` fields from ``--appearance`` and ``--appearance-trim`` (empty: the model's preset)."""
+    from napari_vfmseg.cli import UserError
+
+    overrides: dict = {}
+    if args.appearance is not None:
+        if not 0.0 <= args.appearance <= 1.0:
+            raise UserError(f"--appearance must be between 0 and 1 (0 = off), got {args.appearance}")
+        overrides["min_appearance_similarity"] = float(args.appearance)
+    if args.appearance_trim is not None:
+        text = str(args.appearance_trim).strip().lower()
+        if text in ("off", "none"):
+            overrides["appearance_trim"] = None
+        else:
+            try:
+                value = float(text)
+            except ValueError:
+                raise UserError(f"--appearance-trim must be a number >= 0 or 'off', got {args.appearance_trim!r}") from None
+            if not value >= 0:
+                raise UserError(f"--appearance-trim must be a number >= 0 or 'off', got {args.appearance_trim!r}")
+            overrides["appearance_trim"] = value
+    return overrides
 
 
 @dataclass
@@ -168,6 +204,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--label must be a positive whole number, got {args.label}")
     if args.min_score is not None and not args.propagate:
         raise UserError("--min-score only applies with --propagate")
+    appearance = appearance_overrides(args)
+    if appearance and not args.propagate:
+        raise UserError("--appearance and --appearance-trim only apply with --propagate")
     out = Path(args.out) if args.out else default_output(args.volume)
     if path_extension(out) not in SUPPORTED_LABEL_EXTENSIONS:
         raise UserError(f"--out {out}: cannot write labels there; use one of {', '.join(SUPPORTED_LABEL_EXTENSIONS)}")
@@ -210,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
             largest_component=args.largest_component,
             fill_holes=args.fill_holes,
             **({} if args.min_score is None else {"min_score": args.min_score}),
+            **appearance,
         )
         bar = None
         if not args.json:

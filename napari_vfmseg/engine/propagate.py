@@ -33,6 +33,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 from scipy import ndimage
 
+from napari_vfmseg.engine.appearance import Appearance
+
 __all__ = [
     "PromptPolicy",
     "PlanePrompt",
@@ -43,6 +45,7 @@ __all__ = [
     "STOP_REASONS",
     "next_plane_prompt",
     "stop_reason",
+    "trim_to_appearance",
     "segmenter_model",
     "preset",
     "reconcile",
@@ -53,6 +56,7 @@ __all__ = [
 STOP_REASONS: dict[str, str] = {
     "low_score": "the model's predicted IoU fell below min_score",
     "score_drop": "the predicted IoU fell below min_score_ratio x the best score of this walk",
+    "appearance": "the mask's intensities looked like neither the key plane's object nor the previous plane's (similarity < min_appearance_similarity)",
     "vanished": "the mask had fewer than min_area pixels",
     "area_jump": "the mask grew implausibly (equivalent diameter > max_growth x previous + growth_slack_px)",
     "lost": "the mask no longer overlapped the previous plane's mask (overlap < min_overlap)",
@@ -187,7 +191,15 @@ class PropagationConfig:
     the equivalent diameter grows too fast — on the abdomen CT phantom no organ needs more than
     1.35 x + 8 px between adjacent planes along any axis), ``min_overlap`` (fraction of the new mask
     that overlaps the previous one; 0 disables), ``max_planes`` (predictions per direction, None =
-    unlimited).
+    unlimited), ``min_appearance_similarity`` (the intensity histogram under the new mask, in the
+    volume's units, must reach this Bhattacharyya coefficient with the key plane object's or with the
+    previous plane's — see :class:`~napari_vfmseg.engine.appearance.Appearance`; 0 disables; needs a
+    segmenter with ``plane_image``).
+
+    ``appearance_trim`` (None = off): before the stop rules, drop the predicted pixels whose
+    intensity lies more than this many spreads outside the key plane object's 5–95 % range, keep
+    the parts that touch the previous plane's mask, and fill holes — a check on a model that spills
+    into neighbours of another intensity.
 
     Post-processing of the 3D mask (key planes are restored afterwards): ``largest_component``
     keeps the largest 26-connected component; ``fill_holes`` fills holes plane by plane.
@@ -203,6 +215,8 @@ class PropagationConfig:
     growth_slack_px: float = 8.0
     min_overlap: float = 0.01
     max_planes: Optional[int] = None
+    min_appearance_similarity: float = 0.0
+    appearance_trim: Optional[float] = None
     largest_component: bool = False
     fill_holes: bool = False
     prefetch: bool = True
@@ -219,6 +233,15 @@ class PropagationConfig:
             raise ValueError(f"max_planes must be >= 0 or None; got {self.max_planes}")
         if self.lookahead < 1:
             raise ValueError(f"lookahead must be >= 1; got {self.lookahead}")
+        if not 0.0 <= self.min_appearance_similarity <= 1.0:
+            raise ValueError(f"min_appearance_similarity must be in [0, 1] (0 = off); got {self.min_appearance_similarity}")
+        if self.appearance_trim is not None and self.appearance_trim < 0:
+            raise ValueError(f"appearance_trim must be >= 0 or None; got {self.appearance_trim}")
+
+    @property
+    def uses_appearance(self) -> bool:
+        """True when a rule needs the key planes' intensities."""
+        return self.min_appearance_similarity > 0 or self.appearance_trim is not None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -237,14 +260,17 @@ def preset(name: str) -> PropagationConfig:
     ``"generic"``: the class defaults. ``"tight"``: for a model that tends to fill the box it is
     given and whose IoU head is not calibrated (the built-in one): a tight box and one point (a
     margin would let the mask grow by the margin on every plane; the previous plane's logits are
-    not what such a model learnt to refine), and a stop when the score falls below 0.8 x its best
-    on the walk (docs/3d.md has the comparison).
+    not what such a model learnt to refine), a stop when the score falls below 0.8 x its best on
+    the walk, and the appearance checks: a stop when the mask's intensities look like neither the
+    key plane's object nor the previous plane's (similarity < 0.6), and a trim of pixels more than
+    0.25 spreads outside the object's intensity range (docs/3d.md has the comparisons; the
+    appearance settings were chosen on phantoms of other seeds than the shipped samples).
     """
     if name == "generic":
         return PropagationConfig()
     if name == "tight":
         return PropagationConfig(policy=PromptPolicy(box=True, box_margin=0.0, box_margin_px=0.0, points=1, logits=False),
-                                 min_score_ratio=0.8)
+                                 min_score_ratio=0.8, min_appearance_similarity=0.6, appearance_trim=0.25)
     raise ValueError(f"unknown propagation preset {name!r}: use 'generic' or 'tight'")
 
 
@@ -254,12 +280,13 @@ def segmenter_model(segmenter):
 
 
 def stop_reason(mask: np.ndarray, score: float, previous: np.ndarray, config: PropagationConfig,
-                best_score: Optional[float] = None) -> Optional[str]:
+                best_score: Optional[float] = None, appearance_similarity: Optional[float] = None) -> Optional[str]:
     """Why ``mask`` (bool (rows, cols), predicted with ``score``) must not be accepted after
     ``previous`` (the mask accepted on the plane before), or None to accept it. ``best_score``: the
-    highest score accepted so far in this walk (None: none yet). Reasons are keys of
+    highest score accepted so far in this walk (None: none yet). ``appearance_similarity``: how much
+    the mask's intensities look like the object's, in [0, 1] (None: not measured). Reasons are keys of
     :data:`STOP_REASONS`; the first rule that fires wins, in the order: vanished, low_score,
-    score_drop, area_jump, lost."""
+    score_drop, appearance, area_jump, lost."""
     area = int(np.count_nonzero(mask))
     if area < config.min_area:
         return "vanished"
@@ -267,12 +294,42 @@ def stop_reason(mask: np.ndarray, score: float, previous: np.ndarray, config: Pr
         return "low_score"
     if config.min_score_ratio > 0 and best_score is not None and score < config.min_score_ratio * best_score:
         return "score_drop"
+    if (config.min_appearance_similarity > 0 and appearance_similarity is not None
+            and not appearance_similarity >= config.min_appearance_similarity):
+        return "appearance"
     previous_area = int(np.count_nonzero(previous))
     if np.sqrt(area) > config.max_growth * np.sqrt(previous_area) + config.growth_slack_px:
         return "area_jump"
     if config.min_overlap > 0 and np.count_nonzero(mask & previous) < config.min_overlap * area:
         return "lost"
     return None
+
+
+def trim_to_appearance(mask: np.ndarray, plane_values: np.ndarray, reference: Appearance, tolerance: float,
+                       previous: np.ndarray) -> np.ndarray:
+    """``mask`` (bool (rows, cols)) without the pixels that do not look like the object.
+
+    Keeps the pixels of ``mask`` that :meth:`Appearance.plausible` accepts in ``plane_values``, then
+    only the connected parts of them that touch ``previous`` (the mask accepted on the plane
+    before; all parts when none does, so the ``lost`` rule can still see it), then fills their holes
+    inside ``mask`` (vessels inside an organ are darker or brighter than it, but belong to it).
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return mask.copy()
+    cols = np.flatnonzero(mask.any(axis=0))
+    window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # all the work is inside the mask's box
+    inside = mask[window]
+    kept = inside & reference.plausible(plane_values[window], tolerance)
+    labelled, count = ndimage.label(kept)
+    if count > 1:
+        touching = np.unique(labelled[kept & previous[window]])
+        touching = touching[touching > 0]
+        if touching.size:
+            kept = np.isin(labelled, touching)
+    trimmed = np.zeros_like(mask)
+    trimmed[window] = ndimage.binary_fill_holes(kept) & inside
+    return trimmed
 
 
 def reconcile(plane: int, low: int, high: int, from_low: Optional[tuple[np.ndarray, float]],
@@ -310,6 +367,7 @@ class PlaneVisit:
     area: int
     accepted: bool
     reason: Optional[str] = None  # stop reason when not accepted
+    similarity: Optional[float] = None  # appearance similarity to the object (None: not measured)
 
 
 @dataclass
@@ -436,6 +494,13 @@ class _Lookahead:
         self._handle = None
 
 
+def _plane_values(segmenter, plane: int) -> Optional[np.ndarray]:
+    """The plane's intensities in the volume's units (``segmenter.plane_image``), or None for a
+    segmenter that cannot give them."""
+    get = getattr(segmenter, "plane_image", None)
+    return None if get is None else np.asarray(get(plane))
+
+
 def _is_cancelled(cancel: CancelToken) -> bool:
     if cancel is None:
         return False
@@ -560,6 +625,11 @@ def propagate(
                 continue
             previous, previous_logits = seed.mask, seed.logits
             last, stopped_at, reason = walk.seed, None, None
+            reference = None  # the key plane object's intensities, and those of the plane last accepted
+            if config.uses_appearance:
+                seed_values = _plane_values(segmenter, walk.seed)
+                reference = None if seed_values is None else Appearance.of(seed_values, seed.mask)
+            last_look = reference
             best_score: Optional[float] = None
             planes = remaining[id(walk)]
             for position, plane in enumerate(planes):
@@ -578,10 +648,17 @@ def propagate(
                         f"{plane_shape}: the masks do not belong to this volume or axis"
                     )
                 score = float(prediction.score)
-                reason = stop_reason(mask, score, previous, config, best_score)
+                similarity = look = None
+                if reference is not None:
+                    values = _plane_values(segmenter, plane)
+                    if config.appearance_trim is not None:
+                        mask = trim_to_appearance(mask, values, reference, config.appearance_trim, previous)
+                    look = reference.like(values, mask)
+                    similarity = 0.0 if look is None else max(reference.similarity_to(look), last_look.similarity_to(look))
+                reason = stop_reason(mask, score, previous, config, best_score, similarity)
                 done += 1
                 visits.append(PlaneVisit(plane, walk.seed, walk.step, score, int(np.count_nonzero(mask)),
-                                         reason is None, reason))
+                                         reason is None, reason, None if similarity is None else round(similarity, 4)))
                 if reason is not None:
                     stopped_at = plane
                     total -= len(planes) - position - 1
@@ -592,6 +669,7 @@ def propagate(
                 kept[(walk.seed, plane)] = (mask, score)
                 best_score = score if best_score is None else max(best_score, score)
                 previous, previous_logits, last = mask, getattr(prediction, "logits", None), plane
+                last_look = look if look is not None else last_look
                 if progress is not None:
                     progress(done, total, plane)
             else:

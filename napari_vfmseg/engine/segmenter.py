@@ -264,6 +264,16 @@ class Segmenter:
             self.current_plane = self._volume.count // 2
         return resolved
 
+    def plane_image(self, plane: int) -> np.ndarray:
+        """Volume plane ``plane`` along the volume's axis as stored: (rows, cols), the volume's dtype
+        and units (HU for CT), before any window. A view, not a copy."""
+        volume = self._volume
+        if volume is None:
+            raise ValueError("no volume is set: call set_volume(...) first")
+        if not isinstance(plane, (int, np.integer)) or not 0 <= plane < volume.count:
+            raise ValueError(f"plane {plane} is outside the volume: axis {volume.axis} has {volume.count} planes")
+        return volume.plane(int(plane))
+
     def _plane_item(self, plane: int, volume: Optional[_Volume] = None) -> _Item:
         volume = volume if volume is not None else self._volume
         if volume is None:

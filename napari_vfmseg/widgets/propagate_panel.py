@@ -35,6 +35,7 @@ __all__ = ["PropagatePanel", "describe_result", "STOP_TEXT"]
 STOP_TEXT: dict[str, str] = {
     "low_score": "the model's score fell below the minimum (lower it if the object goes on)",
     "score_drop": "the model's score dropped well below its best on this object",
+    "appearance": "the intensities under the mask changed (the object ended, or the mask moved onto another tissue)",
     "vanished": "the object ended",
     "area_jump": "the mask grew too fast (a leak into a neighbour?)",
     "lost": "the mask lost contact with the previous plane",
