@@ -107,3 +107,19 @@ def test_walk_through_the_spine_stops_at_each_vertebral_body_s_discs():
     assert _dice(checked.mask, body) >= 0.9
     unchecked = propagate(seg, {25: seed}, axis=0, min_appearance_similarity=0.0, appearance_trim=None, max_planes=6)
     assert len(unchecked.planes) > 10  # crosses both discs into the next bodies
+
+
+def test_coronal_planes_of_thick_slices_are_segmented_in_their_true_proportions():
+    """The CT phantom has 4 mm slices and 1.6 mm pixels: a coronal plane squashed 2.5 x (its raw pixel
+    grid) is not what the model learnt; given the spacing, the engine restores the proportions."""
+    volume, labels = load_sample("abdomen_ct")
+    liver = labels.array == 1
+    plane = int(liver.sum(axis=(0, 2)).argmax())
+    truth = liver[:, plane, :]
+    scores = {}
+    for name, spacing in (("squashed", None), ("proportional", volume.spacing)):
+        seg = Segmenter(load_model("builtin", device="cpu"))
+        seg.set_volume(volume.array, axis=1, modality=volume.modality, spacing=spacing)
+        scores[name] = _dice(seg.predict(box=bounding_box(truth), plane=plane).mask, truth)
+    assert scores["proportional"] >= 0.9 and scores["proportional"] > _filled_box_dice(truth)
+    assert scores["squashed"] < 0.5, scores

@@ -57,7 +57,7 @@ def _settle(widget, qtbot):
 
 def _reference(model, image, axis=0):
     reference = Segmenter(model)
-    reference.set_volume(image, axis=axis, window=None, modality="MR")
+    reference.set_volume(image, axis=axis, window=None, modality="MR", spacing=SCALE)  # as the viewer's layer
     return reference
 
 
@@ -281,7 +281,7 @@ def test_window_preset_changes_what_the_model_and_the_user_see(annotator, qtbot,
     bone = CT_PRESETS["bone"]
     np.testing.assert_allclose(viewer.layers["mr"].contrast_limits, (bone.low, bone.high))
     reference = Segmenter(model)
-    reference.set_volume(volume[0], axis=0, window="bone")
+    reference.set_volume(volume[0], axis=0, window="bone", spacing=SCALE)
     np.testing.assert_array_equal(widget.session.preview[5].astype(bool), reference.predict(box=box, plane=5).mask)
     assert widget.segmenter.encoder_calls == calls + 10   # new window, new embeddings, each plane once
 

@@ -44,9 +44,9 @@ class SwitchableOracle(Segmenter):
         self.axis = 0
         self.centres: list[int] = []
 
-    def set_volume(self, volume, axis=0, window=None, modality=None):
+    def set_volume(self, volume, axis=0, window=None, modality=None, spacing=None):
         self.axis = axis
-        return super().set_volume(volume, axis=axis, window=window, modality=modality)
+        return super().set_volume(volume, axis=axis, window=window, modality=modality, spacing=spacing)
 
     def prefetch(self, order=None, callback=None, center=None):
         self.centres.append(center if center is not None else self.current_plane)

@@ -31,13 +31,13 @@ class OracleSegmenter(Segmenter):
         self.axis = None
         self.boxes = []
 
-    def set_volume(self, volume, axis=0, window=None, modality=None):
+    def set_volume(self, volume, axis=0, window=None, modality=None, spacing=None):
         self.axis = axis
-        return super().set_volume(volume, axis=axis, window=window, modality=modality)
+        return super().set_volume(volume, axis=axis, window=window, modality=modality, spacing=spacing)
 
-    def set_image(self, image, window=None, modality=None):
+    def set_image(self, image, window=None, modality=None, spacing=None):
         self.axis = None
-        return super().set_image(image, window=window, modality=modality)
+        return super().set_image(image, window=window, modality=modality, spacing=spacing)
 
     def predict(self, points=None, point_labels=None, box=None, mask_input=None, multimask=None, plane=None):
         truth = self.truth if self.axis is None else np.take(self.truth, plane, axis=self.axis)

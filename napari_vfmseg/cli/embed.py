@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.volume}: embed needs a 3D volume; got an array of shape {array.shape}")
     model = load_model(model_argument(args.model), device=args.device)
     segmenter = Segmenter(model, cache_dir=args.cache_dir, accelerate=args.accelerate, batch_size=args.batch_size)
-    resolved = segmenter.set_volume(array, axis=args.axis, window=window, modality=getattr(volume, "modality", None))
+    resolved = segmenter.set_volume(array, axis=args.axis, window=window, modality=getattr(volume, "modality", None),
+                                    spacing=volume.spacing)
     count = segmenter.plane_count
 
     started = time.perf_counter()

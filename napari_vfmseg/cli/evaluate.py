@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     segmenter = Segmenter(model, cache_dir=args.cache_dir)
     if args.three_d:
         return _run_3d(args, volume, labels, segmenter, window, model)
-    segmenter.set_volume(array, axis=axis, window=window, modality=getattr(volume, "modality", None))
+    segmenter.set_volume(array, axis=axis, window=window, modality=getattr(volume, "modality", None),
+                         spacing=volume.spacing if volume.array.ndim == 3 else (1.0, *volume.spacing))
 
     bar = None
     if not args.json:

@@ -231,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
 
         apply_adapter(model, args.adapter)
     segmenter = Segmenter(model, cache_dir=args.cache_dir)
-    segmenter.set_volume(array, axis=axis, window=window, modality=getattr(volume, "modality", None))
+    segmenter.set_volume(array, axis=axis, window=window, modality=getattr(volume, "modality", None),
+                         spacing=volume.spacing if volume.array.ndim == 3 else (1.0, *volume.spacing))
 
     seeds = {}
     key_scores = {}

@@ -1,4 +1,4 @@
-"""An object's appearance on a plane, used by 3D propagation as a check on the model.
+"""An object's appearance on a plane, and of what surrounds it, used by 3D propagation as a check on the model.
 
 A model that tends to fill the box it is given keeps finding "an object" on every plane past the
 real one's end: a vertebral body's walk crosses the disc into the next vertebra, a lesion's walk
@@ -8,6 +8,10 @@ plane, in the volume's own units (HU for CT, scanner units for MR), and robust q
 :meth:`Appearance.similarity` compares a new plane's mask with it (the Bhattacharyya coefficient
 of the two histograms: 1 = the same distribution, 0 = no intensity in common), and
 :meth:`Appearance.plausible` tells which pixels of a plane could belong to the object at all.
+
+:func:`surroundings` gives the ring of pixels around a mask, whose histogram tells what the object
+would be mistaken for: a mask that stops looking like the object but looks like its surroundings
+has left it.
 
 The histogram's bins are fixed by the plane the statistics come from: 2 % of its 1st–99th
 percentile range each (34 HU on an abdominal CT plane), so noise does not split one tissue into
@@ -22,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["Appearance"]
+__all__ = ["Appearance", "surroundings"]
 
 _BINS = 60  # 50 bins of 2 % over the 1st–99th percentile range, and 5 more on each side
 
@@ -92,3 +96,22 @@ class Appearance:
         values = np.asarray(plane_values)
         margin = float(tolerance) * self.spread
         return (values >= self.low - margin) & (values <= self.high + margin)
+
+
+def surroundings(mask: np.ndarray) -> np.ndarray:
+    """Bool (rows, cols): the pixels within ``w`` of ``mask`` (bool (rows, cols)) but outside it, with
+    ``w = max(3, 0.2 x the mask's equivalent radius)`` pixels (chessboard distance). Empty for an
+    empty mask."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return np.zeros_like(mask)
+    cols = np.flatnonzero(mask.any(axis=0))
+    width = max(3, int(round(0.2 * np.sqrt(np.count_nonzero(mask) / np.pi))))
+    window = (slice(max(0, rows[0] - width), rows[-1] + width + 1), slice(max(0, cols[0] - width), cols[-1] + width + 1))
+    inside = mask[window]
+    ring = np.zeros_like(mask)
+    ring[window] = ndimage.binary_dilation(inside, structure=np.ones((3, 3), bool), iterations=width) & ~inside
+    return ring

@@ -36,6 +36,7 @@ __all__ = [
     "validate_points",
     "validate_box",
     "upscale_logits",
+    "pixel_aspect",
 ]
 
 
@@ -47,28 +48,34 @@ class Geometry:
     ``input_size``: (rows, cols) after resizing the long side to ``encoder_size`` (before padding).
     ``encoder_size``: side of the square, zero-padded encoder input.
     ``stretch``: True for MedSAM's convention (slice stretched to S x S, ``input_size`` = (S, S)).
+    ``pixel_aspect``: a pixel's height / its width in mm (1 = square pixels). Other values make the
+    resize non-uniform, so that the encoder sees the anatomy in its true proportions: a coronal plane
+    of a CT with 4 mm slices and 1.6 mm pixels (aspect 2.5) is stretched 2.5 x along its rows.
     """
 
     original_size: tuple[int, int]
     input_size: tuple[int, int]
     encoder_size: int
     stretch: bool = False
+    pixel_aspect: float = 1.0
 
     @classmethod
-    def for_shape(cls, rows: int, cols: int, encoder_size: int, stretch: bool = False) -> "Geometry":
+    def for_shape(cls, rows: int, cols: int, encoder_size: int, stretch: bool = False,
+                  pixel_aspect: float = 1.0) -> "Geometry":
         if stretch:
-            input_size = (encoder_size, encoder_size)
-        else:
-            input_size = ResizeLongestSide.get_preprocess_shape(rows, cols, encoder_size)
-        return cls((int(rows), int(cols)), (int(input_size[0]), int(input_size[1])), int(encoder_size), stretch)
+            input_size, pixel_aspect = (encoder_size, encoder_size), 1.0
+        else:  # the long side of the slice in its true proportions becomes the encoder size
+            input_size = ResizeLongestSide.get_preprocess_shape(rows * pixel_aspect, cols, encoder_size)
+        return cls((int(rows), int(cols)), (int(input_size[0]), int(input_size[1])), int(encoder_size), stretch,
+                   float(pixel_aspect))
 
     def _xy_to_input(self, xy: np.ndarray) -> np.ndarray:
-        if not self.stretch:
+        if not self.stretch and self.pixel_aspect == 1.0:
             return ResizeLongestSide(self.encoder_size).apply_coords(xy, self.original_size)
-        rows, cols = self.original_size
+        rows, cols = self.original_size  # each axis scaled by its own factor
         scaled = xy.astype(np.float64, copy=True)
-        scaled[..., 0] *= self.encoder_size / cols
-        scaled[..., 1] *= self.encoder_size / rows
+        scaled[..., 0] *= self.input_size[1] / cols
+        scaled[..., 1] *= self.input_size[0] / rows
         return scaled
 
     def points_to_sam(self, points_rc: np.ndarray) -> np.ndarray:
@@ -121,26 +128,47 @@ def to_uint8(image: np.ndarray, window: Optional[Window]) -> np.ndarray:
 PREPROCESS_MODES = ("sam", "medsam")
 
 
+def pixel_aspect(spacing) -> float:
+    """A pixel's height / width from the (row, col) spacing in mm; 1.0 when the two agree within 1 %
+    (rounding in file headers), when ``spacing`` is None, or when it is not two positive numbers."""
+    if spacing is None:
+        return 1.0
+    values = np.asarray(spacing, dtype=np.float64).reshape(-1)
+    if values.shape != (2,) or not np.all(np.isfinite(values)) or not np.all(values > 0):
+        raise ValueError(f"pixel spacing must be two positive numbers (row, col) in mm; got {np.asarray(spacing).tolist()}")
+    aspect = float(values[0] / values[1])
+    return 1.0 if abs(aspect - 1.0) <= 0.01 else aspect
+
+
 def prepare_image(
-    image: np.ndarray, window: Optional[Window], encoder_size: int, preprocess: str = "sam"
+    image: np.ndarray, window: Optional[Window], encoder_size: int, preprocess: str = "sam",
+    pixel_aspect: float = 1.0,
 ) -> PreparedImage:
     """Window (grey) and resize a slice for the encoder.
 
     ``"sam"``: segment-anything's ``ResizeLongestSide`` (PIL bilinear, long side = S). Grey slices are
     resized once as one 8-bit channel and replicated to RGB later in :func:`encoder_input`; PIL
     resamples each channel of an RGB image independently with the same weights, so this equals
-    resizing the replicated RGB image (tests check it). ``"medsam"``: MedSAM's bicubic, anti-aliased
-    resize of the whole slice to S x S (scikit-image, as in MedSAM's inference code).
+    resizing the replicated RGB image (tests check it). With ``pixel_aspect`` (pixel height / width)
+    other than 1, the same resize goes to the slice's true proportions (see :class:`Geometry`).
+    ``"medsam"``: MedSAM's bicubic, anti-aliased resize of the whole slice to S x S (scikit-image, as
+    in MedSAM's inference code), which ignores the aspect as MedSAM does.
     """
     if preprocess not in PREPROCESS_MODES:
         raise ValueError(f"unknown preprocessing {preprocess!r}: use one of {PREPROCESS_MODES}")
+    if not (np.isfinite(pixel_aspect) and pixel_aspect > 0):
+        raise ValueError(f"pixel_aspect must be a positive number; got {pixel_aspect}")
     pixels = to_uint8(image, window)
     rows, cols = pixels.shape[:2]
     if rows < 1 or cols < 1:
         raise ValueError(f"cannot segment an empty image of shape {pixels.shape}")
     stretch = preprocess == "medsam"
-    geometry = Geometry.for_shape(rows, cols, encoder_size, stretch=stretch)
-    if stretch:
+    geometry = Geometry.for_shape(rows, cols, encoder_size, stretch=stretch, pixel_aspect=pixel_aspect)
+    if not stretch and geometry.pixel_aspect != 1.0:
+        from torchvision.transforms.functional import resize, to_pil_image  # what ResizeLongestSide uses
+
+        resized = np.array(resize(to_pil_image(pixels), list(geometry.input_size)))
+    elif stretch:
         from skimage.transform import resize
 
         resized = resize(

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 from scipy import ndimage
 
-from napari_vfmseg.engine.appearance import Appearance
+from napari_vfmseg.engine.appearance import Appearance, surroundings
 
 __all__ = [
     "PromptPolicy",
@@ -56,7 +56,8 @@ __all__ = [
 STOP_REASONS: dict[str, str] = {
     "low_score": "the model's predicted IoU fell below min_score",
     "score_drop": "the predicted IoU fell below min_score_ratio x the best score of this walk",
-    "appearance": "the mask's intensities looked like neither the key plane's object nor the previous plane's (similarity < min_appearance_similarity)",
+    "appearance": "the mask's intensities looked like neither the key plane's object nor the previous plane's "
+                  "(similarity < min_appearance_similarity), and not clearly more like the object than like its surroundings",
     "vanished": "the mask had fewer than min_area pixels",
     "area_jump": "the mask grew implausibly (equivalent diameter > max_growth x previous + growth_slack_px)",
     "lost": "the mask no longer overlapped the previous plane's mask (overlap < min_overlap)",
@@ -193,7 +194,8 @@ class PropagationConfig:
     that overlaps the previous one; 0 disables), ``max_planes`` (predictions per direction, None =
     unlimited), ``min_appearance_similarity`` (the intensity histogram under the new mask, in the
     volume's units, must reach this Bhattacharyya coefficient with the key plane object's or with the
-    previous plane's — see :class:`~napari_vfmseg.engine.appearance.Appearance`; 0 disables; needs a
+    previous plane's, or else look clearly more like the object than like the previous mask's
+    surroundings — see :class:`~napari_vfmseg.engine.appearance.Appearance`; 0 disables; needs a
     segmenter with ``plane_image``).
 
     ``appearance_trim`` (None = off): before the stop rules, drop the predicted pixels whose
@@ -279,12 +281,19 @@ def segmenter_model(segmenter):
     return getattr(segmenter, "model", None)
 
 
+# How much more a mask must look like the object than like its surroundings to pass the appearance rule.
+APPEARANCE_MARGIN = 0.05
+
+
 def stop_reason(mask: np.ndarray, score: float, previous: np.ndarray, config: PropagationConfig,
-                best_score: Optional[float] = None, appearance_similarity: Optional[float] = None) -> Optional[str]:
+                best_score: Optional[float] = None, appearance_similarity: Optional[float] = None,
+                surroundings_similarity: Optional[float] = None) -> Optional[str]:
     """Why ``mask`` (bool (rows, cols), predicted with ``score``) must not be accepted after
     ``previous`` (the mask accepted on the plane before), or None to accept it. ``best_score``: the
     highest score accepted so far in this walk (None: none yet). ``appearance_similarity``: how much
-    the mask's intensities look like the object's, in [0, 1] (None: not measured). Reasons are keys of
+    the mask's intensities look like the object's, in [0, 1] (None: not measured);
+    ``surroundings_similarity``: how much they look like the previous mask's surroundings (None: not
+    measured; the appearance rule then needs the first alone). Reasons are keys of
     :data:`STOP_REASONS`; the first rule that fires wins, in the order: vanished, low_score,
     score_drop, appearance, area_jump, lost."""
     area = int(np.count_nonzero(mask))
@@ -295,7 +304,9 @@ def stop_reason(mask: np.ndarray, score: float, previous: np.ndarray, config: Pr
     if config.min_score_ratio > 0 and best_score is not None and score < config.min_score_ratio * best_score:
         return "score_drop"
     if (config.min_appearance_similarity > 0 and appearance_similarity is not None
-            and not appearance_similarity >= config.min_appearance_similarity):
+            and not appearance_similarity >= config.min_appearance_similarity
+            and not (surroundings_similarity is not None
+                     and appearance_similarity >= surroundings_similarity + APPEARANCE_MARGIN)):
         return "appearance"
     previous_area = int(np.count_nonzero(previous))
     if np.sqrt(area) > config.max_growth * np.sqrt(previous_area) + config.growth_slack_px:
@@ -368,6 +379,7 @@ class PlaneVisit:
     accepted: bool
     reason: Optional[str] = None  # stop reason when not accepted
     similarity: Optional[float] = None  # appearance similarity to the object (None: not measured)
+    surroundings: Optional[float] = None  # similarity to the previous mask's surroundings (None: not measured)
 
 
 @dataclass
@@ -630,6 +642,7 @@ def propagate(
                 seed_values = _plane_values(segmenter, walk.seed)
                 reference = None if seed_values is None else Appearance.of(seed_values, seed.mask)
             last_look = reference
+            last_around = None if reference is None else reference.like(seed_values, surroundings(seed.mask))
             best_score: Optional[float] = None
             planes = remaining[id(walk)]
             for position, plane in enumerate(planes):
@@ -648,17 +661,19 @@ def propagate(
                         f"{plane_shape}: the masks do not belong to this volume or axis"
                     )
                 score = float(prediction.score)
-                similarity = look = None
+                similarity = around = look = None
                 if reference is not None:
                     values = _plane_values(segmenter, plane)
                     if config.appearance_trim is not None:
                         mask = trim_to_appearance(mask, values, reference, config.appearance_trim, previous)
                     look = reference.like(values, mask)
                     similarity = 0.0 if look is None else max(reference.similarity_to(look), last_look.similarity_to(look))
-                reason = stop_reason(mask, score, previous, config, best_score, similarity)
+                    around = None if look is None or last_around is None else last_around.similarity_to(look)
+                reason = stop_reason(mask, score, previous, config, best_score, similarity, around)
                 done += 1
                 visits.append(PlaneVisit(plane, walk.seed, walk.step, score, int(np.count_nonzero(mask)),
-                                         reason is None, reason, None if similarity is None else round(similarity, 4)))
+                                         reason is None, reason, None if similarity is None else round(similarity, 4),
+                                         None if around is None else round(around, 4)))
                 if reason is not None:
                     stopped_at = plane
                     total -= len(planes) - position - 1
@@ -669,7 +684,8 @@ def propagate(
                 kept[(walk.seed, plane)] = (mask, score)
                 best_score = score if best_score is None else max(best_score, score)
                 previous, previous_logits, last = mask, getattr(prediction, "logits", None), plane
-                last_look = look if look is not None else last_look
+                if look is not None:
+                    last_look, last_around = look, reference.like(values, surroundings(mask))
                 if progress is not None:
                     progress(done, total, plane)
             else:

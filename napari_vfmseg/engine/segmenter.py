@@ -27,6 +27,7 @@ from napari_vfmseg.engine.preprocess import (
     Geometry,
     PreparedImage,
     encoder_input,
+    pixel_aspect,
     prepare_image,
     upscale_logits,
     validate_box,
@@ -111,6 +112,7 @@ class _Volume:
     array: np.ndarray
     axis: int
     window: Optional[Window]
+    pixel_aspect: float = 1.0  # a plane's pixel height / width in mm
     items: dict = field(default_factory=dict)  # plane → (model key, _Item)
 
     @property
@@ -207,11 +209,11 @@ class Segmenter:
             return None  # 8-bit grey slices are used as they are, like SamPredictor on a grey photo
         return resolve_window(window, array, modality)
 
-    def _item(self, get_image: Callable[[], np.ndarray], window: Optional[Window]) -> _Item:
+    def _item(self, get_image: Callable[[], np.ndarray], window: Optional[Window], aspect: float = 1.0) -> _Item:
         """Prepare an image now and key it; ``get_image`` must return the same pixels when called again."""
 
         def make() -> PreparedImage:
-            return prepare_image(get_image(), window, self.encoder_size, self.preprocess)
+            return prepare_image(get_image(), window, self.encoder_size, self.preprocess, pixel_aspect=aspect)
 
         prepared = make()
         key = embedding_key(
@@ -224,18 +226,21 @@ class Segmenter:
         )
         return _Item(key, prepared.geometry, make, prepared)
 
-    def set_image(self, image: np.ndarray, window: WindowArg = None, modality: Optional[str] = None) -> Embedding:
+    def set_image(self, image: np.ndarray, window: WindowArg = None, modality: Optional[str] = None,
+                  spacing: Optional[Sequence[float]] = None) -> Embedding:
         """Embed a 2D image for :meth:`predict`.
 
         ``image``: grey (rows, cols) of any dtype, or RGB uint8 (rows, cols, 3). A grey image that is not
         uint8 goes through ``window`` (None/"auto" chooses one from the data and ``modality``; a preset
         name, a :class:`Window` or (level, width)); a grey uint8 image without a window is used as is.
-        Runs the encoder unless the embedding is cached. Returns the embedding.
+        ``spacing``: (row, col) pixel size in mm; non-square pixels are resized to their true
+        proportions for the encoder (None: square). Runs the encoder unless the embedding is cached.
+        Returns the embedding.
         """
         array = np.asarray(image)
         if array.ndim not in (2, 3):
             raise ValueError(f"set_image expects (rows, cols) or (rows, cols, 3); got shape {array.shape}")
-        item = self._item(lambda: array, self._resolve_window(array, window, modality))
+        item = self._item(lambda: array, self._resolve_window(array, window, modality), pixel_aspect(spacing))
         embedding = self._obtain([item])[0]
         with self._lock:
             self._image = item
@@ -243,11 +248,15 @@ class Segmenter:
             self.current_plane = None
         return embedding
 
-    def set_volume(self, volume: np.ndarray, axis: int = 0, window: WindowArg = None, modality: Optional[str] = None) -> Window | None:
+    def set_volume(self, volume: np.ndarray, axis: int = 0, window: WindowArg = None, modality: Optional[str] = None,
+                   spacing: Optional[Sequence[float]] = None) -> Window | None:
         """Use a 3D volume (plane, row, col); planes along ``axis`` are embedded lazily or by :meth:`prefetch`.
 
         The window is resolved once for the whole volume so every plane is mapped to 8 bits alike.
-        Returns that window (None for a uint8 volume without one). Cancels a running prefetch.
+        ``spacing``: (plane, row, col) voxel size in mm; a plane whose pixels are not square (a coronal
+        plane of a CT with thick slices) is resized to its true proportions for the encoder (None:
+        square pixels). Returns the window (None for a uint8 volume without one). Cancels a running
+        prefetch.
         """
         array = np.asarray(volume)
         if array.ndim != 3:
@@ -256,10 +265,16 @@ class Segmenter:
             raise ValueError(f"axis must be 0, 1 or 2; got {axis}")
         if min(array.shape) < 1:
             raise ValueError(f"cannot segment an empty volume of shape {array.shape}")
+        aspect = 1.0
+        if spacing is not None:
+            values = [float(v) for v in np.asarray(spacing, dtype=np.float64).reshape(-1)]
+            if len(values) != 3:
+                raise ValueError(f"spacing must be three numbers (plane, row, col) in mm; got {values}")
+            aspect = pixel_aspect([v for i, v in enumerate(values) if i != axis % 3])
         resolved = None if (window is None and array.dtype == np.uint8) else resolve_window(window, array, modality)
         self.cancel()
         with self._lock:
-            self._volume = _Volume(array, axis % 3, resolved)
+            self._volume = _Volume(array, axis % 3, resolved, aspect)
             self._image = None
             self.current_plane = self._volume.count // 2
         return resolved
@@ -286,7 +301,7 @@ class Segmenter:
             cached = volume.items.get(plane)
         if cached is not None and cached[0] == model_key:
             return cached[1]
-        item = self._item(lambda: volume.plane(plane), volume.window)
+        item = self._item(lambda: volume.plane(plane), volume.window, volume.pixel_aspect)
         with self._lock:
             volume.items[plane] = (model_key, item.light())
         return item

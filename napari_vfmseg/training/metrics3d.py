@@ -146,7 +146,7 @@ class OracleSegmenter:
     def plane_count(self) -> int:
         return int(self.labels.shape[self.volume_axis])
 
-    def set_volume(self, volume: np.ndarray, axis: int = 0, window=None, modality=None) -> None:
+    def set_volume(self, volume: np.ndarray, axis: int = 0, window=None, modality=None, spacing=None) -> None:
         """Take the plane axis (the image itself is not needed); the shapes must match."""
         if tuple(np.shape(volume)) != self.labels.shape:
             raise ValueError(f"volume shape {np.shape(volume)} differs from the oracle's labels {self.labels.shape}")
@@ -290,8 +290,9 @@ def find_objects_3d(labels: np.ndarray, label_ids: Optional[Sequence[int]] = Non
     return found
 
 
-def _as_segmenter(segmenter_or_model, volume: np.ndarray, axis: int, window, modality):
-    """An engine Segmenter for a LoadedModel, or the given segmenter; its volume is set to ``volume``."""
+def _as_segmenter(segmenter_or_model, volume: np.ndarray, axis: int, window, modality, spacing=None):
+    """An engine Segmenter for a LoadedModel, or the given segmenter; its volume is set to ``volume``
+    (with ``spacing``, (plane, row, col) mm, when given, so planes keep their true proportions)."""
     segmenter = segmenter_or_model
     if not hasattr(segmenter, "predict"):
         if not hasattr(segmenter, "sam"):
@@ -300,7 +301,8 @@ def _as_segmenter(segmenter_or_model, volume: np.ndarray, axis: int, window, mod
 
         segmenter = Segmenter(segmenter)
     if hasattr(segmenter, "set_volume"):
-        segmenter.set_volume(volume, axis=axis, window=window, modality=modality)
+        extra = {} if spacing is None else {"spacing": spacing}
+        segmenter.set_volume(volume, axis=axis, window=window, modality=modality, **extra)
     return segmenter
 
 
@@ -376,7 +378,7 @@ def evaluate_volume_3d(
     if len(spacing) != 3 or not all(s > 0 for s in spacing):
         raise ValueError(f"spacing must be three positive numbers (mm per array axis); got {spacing}")
     targets = find_objects_3d(labels, label_ids, objects, min_voxels)
-    segmenter = _as_segmenter(segmenter, volume_array, axis, window, modality)
+    segmenter = _as_segmenter(segmenter, volume_array, axis, window, modality, spacing)
     config = config or PropagationConfig.for_model(segmenter_model(segmenter))
 
     scored: list[Object3DScore] = []

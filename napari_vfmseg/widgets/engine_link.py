@@ -146,10 +146,11 @@ class EngineLink(QObject):
 
             def job():
                 started = time.perf_counter()
+                spacing = session.geometry["spacing"]  # planes keep their true proportions
                 if session.ndim == 3:
-                    segmenter.set_volume(image, axis=axis, window=window, modality=modality)
+                    segmenter.set_volume(image, axis=axis, window=window, modality=modality, spacing=spacing)
                 else:
-                    segmenter.set_image(image, window=window, modality=modality)
+                    segmenter.set_image(image, window=window, modality=modality, spacing=spacing)
                 return time.perf_counter() - started
 
             return job
