@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from napari_vfmseg.engine import PromptPolicy, PropagationConfig, Segmenter, propagate
-from napari_vfmseg.engine.appearance import Appearance
+from napari_vfmseg.engine.appearance import Appearance, surroundings
 from napari_vfmseg.engine.propagate import stop_reason, trim_to_appearance
 from napari_vfmseg.training.metrics import dice
 
@@ -123,6 +123,10 @@ def test_appearance_stop_rule_and_validation():
     mask = np.ones((6, 6), bool)
     assert stop_reason(mask, 0.9, mask, config, appearance_similarity=0.7) is None
     assert stop_reason(mask, 0.9, mask, config, appearance_similarity=0.5) == "appearance"
+    # below the threshold, but clearly more like the object than like what surrounded it: go on
+    assert stop_reason(mask, 0.9, mask, config, appearance_similarity=0.5, surroundings_similarity=0.2) is None
+    assert stop_reason(mask, 0.9, mask, config, appearance_similarity=0.5, surroundings_similarity=0.47) == "appearance"
+    assert stop_reason(mask, 0.9, mask, config, appearance_similarity=0.0, surroundings_similarity=0.0) == "appearance"
     assert stop_reason(mask, 0.9, mask, config, appearance_similarity=None) is None  # not measured
     assert stop_reason(mask, 0.9, mask, PropagationConfig(), appearance_similarity=0.0) is None  # off
     with pytest.raises(ValueError, match="min_appearance_similarity"):
@@ -151,3 +155,45 @@ def test_engine_segmenter_gives_raw_planes_along_its_axis():
     np.testing.assert_array_equal(segmenter.plane_image(4), hu[:, :, 4])
     with pytest.raises(ValueError, match="outside"):
         segmenter.plane_image(hu.shape[2])
+
+
+def test_surroundings_is_a_ring_around_the_mask():
+    mask = np.zeros((40, 40), bool)
+    mask[10:20, 10:20] = True  # equivalent radius 5.6 px: the ring is 3 px wide
+    ring = surroundings(mask)
+    assert not (ring & mask).any()
+    assert ring[7:23, 7:23].sum() == 16 * 16 - 100 and ring.sum() == 16 * 16 - 100
+    big = np.zeros((200, 200), bool)
+    big[50:150, 50:150] = True  # radius 56 px: 11 px wide
+    assert surroundings(big).sum() == 122 * 122 - 100 * 100
+    edge = np.zeros((10, 10), bool)
+    edge[:4, :4] = True  # clipped at the image border
+    assert surroundings(edge).sum() == 7 * 7 - 16
+    assert not surroundings(np.zeros((5, 5), bool)).any()
+
+
+def test_a_blurred_key_plane_at_an_object_s_end_does_not_stop_the_walk():
+    """A key plane on the partial-volume end of an object looks unlike the object's core, but the next
+    plane looks still less like the surroundings: the walk goes on (MR ventricles in the phantom)."""
+    rng = np.random.default_rng(3)
+    shape = (16, 40, 40)
+    z, y, x = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    core = (np.hypot(y - 20, x - 20) <= 7) & (z >= 3) & (z <= 12)
+    image = np.full(shape, 800.0)
+    image[core] = 240.0
+    blurred = core[3] & (rng.random(core[3].shape) < 0.8)
+    image[3][blurred] = 420.0  # 80 % of the end plane mixed with its neighbour
+    image += rng.normal(0, 10, shape)
+
+    class DarkInBox(BoxFiller):
+        def predict(self, box=None, plane=None, **prompts):
+            prediction = super().predict(box=box, plane=plane)
+            prediction.mask &= self.volume[plane] < 600
+            return prediction
+
+    walker = DarkInBox(image.astype(np.float32))
+    key = core[3]
+    assert 0.05 < Appearance.of(image[3], key).similarity(image[4], core[4]) < 0.6
+    result = propagate(walker, {3: key}, axis=0, config=PropagationConfig(policy=TIGHT, min_appearance_similarity=0.6))
+    assert result.planes == list(range(3, 13))
+    assert all(v.surroundings is not None and v.surroundings < 0.05 for v in result.visits if v.accepted)
