@@ -12,7 +12,10 @@ its largest axial plane to both ends of the volume (stop rules relaxed, so every
 - ``uncached``: empty cache, no prefetch (the walk waits for the encoder on every plane);
 - ``prefetched``: empty cache, the next planes embedded in a background thread while it decodes;
 - ``cached``: every embedding already in the memory cache (a second walk);
-- ``disk``: a new session on a disk cache filled beforehand (``vfmseg embed``).
+- ``disk``: a new session on a disk cache filled beforehand (``vfmseg embed``);
+- ``cached+checks``: as ``cached``, with the appearance checks measuring on every plane (a
+  similarity threshold and a trim tolerance so loose that they keep the walk the same length):
+  their cost per plane.
 
 ``--policies`` runs the 3D protocol (``evaluate_volume_3d``, axis 0) for each next-plane prompt
 policy with the oracle (true mask inside the prompt box grown by 2 px: checks the machinery, the
@@ -35,7 +38,8 @@ from napari_vfmseg.data import label_names, load_sample
 from napari_vfmseg.engine import PromptPolicy, PropagationConfig, Segmenter, propagate
 from napari_vfmseg.training.metrics3d import OracleSegmenter, evaluate_volume_3d, largest_plane
 
-RELAXED = dict(min_score=-np.inf, min_area=1, max_growth=1e6, min_overlap=0.0)
+RELAXED = dict(min_score=-np.inf, min_score_ratio=0.0, min_area=1, max_growth=1e6, min_overlap=0.0,
+               min_appearance_similarity=0.0, appearance_trim=None)
 
 POLICIES = {
     "box": PromptPolicy(box=True, points=0, logits=False),
@@ -70,12 +74,12 @@ def time_modes(model, image: np.ndarray, labels: np.ndarray, label: int = 4, rep
     truth = labels == label
     key = largest_plane(truth, 0)
     seeds = {key: truth[key]}
-    runs: dict[str, list] = {mode: [] for mode in ("uncached", "prefetched", "cached", "disk")}
+    runs: dict[str, list] = {mode: [] for mode in ("uncached", "prefetched", "cached", "disk", "cached+checks")}
     encoder_ms = []
 
     def walk(mode, segmenter, **kwargs):
         started = time.perf_counter()
-        result = propagate(segmenter, seeds, axis=0, **RELAXED, **kwargs)
+        result = propagate(segmenter, seeds, axis=0, **{**RELAXED, **kwargs})
         seconds = time.perf_counter() - started
         runs[mode].append((seconds / max(len(result.visits), 1), len(result.visits), result.encoder_calls))
 
@@ -91,6 +95,7 @@ def time_modes(model, image: np.ndarray, labels: np.ndarray, label: int = 4, rep
         segmenter = fresh()
         walk("prefetched", segmenter, prefetch=True)
         walk("cached", segmenter, prefetch=True)
+        walk("cached+checks", segmenter, prefetch=True, min_appearance_similarity=1e-9, appearance_trim=1e6)
         with tempfile.TemporaryDirectory() as folder:
             filler = fresh(folder)
             started = time.perf_counter()
@@ -155,7 +160,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"propagation of label {args.label} along axis 0 from plane {timing['key_plane']}, {model.name}, "
               f"median of {args.repeat}")
         print(f"{'mode':<12}{'planes':>8}{'ms/plane':>10}{'encoder calls':>15}")
-        for mode in ("uncached", "prefetched", "cached", "disk"):
+        for mode in ("uncached", "prefetched", "cached", "disk", "cached+checks"):
             row = timing[mode]
             print(f"{mode:<12}{row['planes']:>8}{row['ms_per_plane']:>10}{row['encoder_calls']!s:>15}")
         print(f"encoder alone: {timing['encoder_ms_per_plane']} ms per plane")
