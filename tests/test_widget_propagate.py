@@ -289,3 +289,30 @@ def test_every_stop_reason_has_words_in_the_status_line():
     from napari_vfmseg.widgets.propagate_panel import STOP_TEXT
 
     assert set(STOP_TEXT) == set(STOP_REASONS)
+
+
+def test_intensity_checks_follow_the_model_and_can_be_switched(annotated, qtbot):
+    """The check box starts from the loaded model's propagation preset (off for the tiny model's generic
+    preset, on for a model whose preset is "tight", like the built-in one) and its state reaches the walk."""
+    panel, widget = annotated.panel, annotated.widget
+    assert not panel.appearance_check.isChecked()  # generic preset
+    assert panel.settings()["min_appearance_similarity"] == 0.0 and panel.settings()["appearance_trim"] is None
+    panel.appearance_check.setChecked(True)
+    assert panel.settings()["min_appearance_similarity"] == 0.6 and panel.settings()["appearance_trim"] == 0.25
+
+    tight = RecordingOracle(tiny_loaded_model(seed=1), annotated.truth.astype(np.int32), 1)
+    tight.model.info = {**(tight.model.info or {}), "propagation": "tight"}
+    widget.use_segmenter(tight)
+    qtbot.waitUntil(lambda: widget.engine_ready and not widget.busy, timeout=TIMEOUT)
+    assert panel.appearance_check.isChecked()
+    assert "min_appearance_similarity" not in panel.settings()  # the preset's own values
+    panel.appearance_check.setChecked(False)
+    assert panel.settings()["min_appearance_similarity"] == 0.0
+
+    _seed_box(annotated, qtbot)
+    result = _propagate_and_wait(panel, qtbot)
+    assert result.visits and all(visit.similarity is None for visit in result.visits)  # nothing measured when off
+    panel.appearance_check.setChecked(True)
+    result = _propagate_and_wait(panel, qtbot)
+    assert all(visit.similarity is not None for visit in result.visits)  # measured on every plane when on
+    assert result.planes == list(range(3, 11))  # the object: a bright stack on a darker background

@@ -119,6 +119,13 @@ class PropagatePanel(QWidget):
         self.largest_component_check.setChecked(DEFAULT_LARGEST_COMPONENT)
         self.largest_component_check.setToolTip("drop islands not connected to the main object (key planes are kept as drawn)")
         form.addRow("clean-up", self.largest_component_check)
+        self.appearance_check = QCheckBox("stop where the tissue changes")
+        self.appearance_check.setToolTip(
+            "compare the scan's intensities under each new mask with the object's: stop where they change "
+            "(a vertebra's disc, the liver around a lesion) and trim pixels of another tissue. "
+            "Set from the model's defaults when a model loads (on for the built-in model)")
+        form.addRow("intensities", self.appearance_check)
+        self._checks_model = None   # the model whose defaults set the check box
         layout.addLayout(form)
 
         self.status_label = QLabel("")
@@ -136,7 +143,22 @@ class PropagatePanel(QWidget):
 
     def settings(self) -> dict:
         """The engine's PropagationConfig overrides chosen here."""
-        return {"min_score": float(self.min_score_spin.value()), "largest_component": self.largest_component_check.isChecked()}
+        settings = {"min_score": float(self.min_score_spin.value()), "largest_component": self.largest_component_check.isChecked()}
+        if not self.appearance_check.isChecked():
+            settings.update(min_appearance_similarity=0.0, appearance_trim=None)
+        elif not self._model_defaults().uses_appearance:  # the model's preset has no checks: use the tight preset's
+            from napari_vfmseg.engine.propagate import preset
+
+            checked = preset("tight")
+            settings.update(min_appearance_similarity=checked.min_appearance_similarity,
+                            appearance_trim=checked.appearance_trim)
+        return settings
+
+    def _model_defaults(self):
+        """The propagation preset of the loaded model (engine imported here, once a model exists)."""
+        from napari_vfmseg.engine.propagate import PropagationConfig, segmenter_model
+
+        return PropagationConfig.for_model(segmenter_model(self.annotator.segmenter))
 
     def unavailable_reason(self) -> Optional[str]:
         """Why Propagate cannot run now, or None when it can."""
@@ -165,6 +187,10 @@ class PropagatePanel(QWidget):
             self._session, self._summary, self.last_result = self.annotator.session, "", None
             self.progress_bar.setRange(0, 1)
             self.progress_bar.setValue(0)
+        model = getattr(self.annotator.segmenter, "model", None)
+        if self.annotator.segmenter is not None and model is not self._checks_model:   # a model loaded: its defaults
+            self._checks_model = model
+            self.appearance_check.setChecked(self._model_defaults().uses_appearance)
         running = self.annotator.engine.propagating
         reason = None if running else self.unavailable_reason()
         self.propagate_button.setEnabled(not running and reason is None)
