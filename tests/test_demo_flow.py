@@ -1,4 +1,4 @@
-"""The demo flow: sample → widget → box on the liver's largest plane → segment → commit → files.
+"""The demo flow: sample → widget → box on the liver's largest plane → segment → propagate → commit → files.
 
 With an oracle model the whole flow must reproduce the ground truth exactly (Dice 1.0); through
 the command line with a tiny random model it must write every file and report its figures.
@@ -42,11 +42,15 @@ def test_demo_flow_with_an_oracle_reproduces_the_liver(make_napari_viewer, tmp_p
     assert result["dice"] == 1.0 and result["organ"] == "liver"
     plane = result["plane"]
     assert plane == int(np.argmax((truth == 1).reshape(truth.shape[0], -1).sum(axis=1)))
+    # propagated from that plane, the oracle's walk follows the liver to both of its ends
+    liver_planes = np.flatnonzero((truth == 1).any(axis=(1, 2)))
+    assert result["planes_3d"] == [int(liver_planes[0]), int(liver_planes[-1])]
+    assert result["dice_3d"] >= 0.99 and Path(result["coronal_screenshot"]).is_file()
     written = read_volume(result["labels"])
     source = read_volume(sample_paths("abdomen_ct")[0])
-    expected = np.zeros_like(truth, dtype=bool)
-    expected[plane] = truth[plane] == 1
-    np.testing.assert_array_equal(written.array == 1, expected)
+    expected = written.array == 1
+    assert abs(2 * (expected & (truth == 1)).sum() / (expected.sum() + (truth == 1).sum()) - result["dice_3d"]) < 1e-4
+    np.testing.assert_array_equal(expected[plane], truth[plane] == 1)  # the prompted plane exactly
     np.testing.assert_allclose(written.spacing, source.spacing, rtol=1e-6)
     np.testing.assert_allclose(written.origin, source.origin, atol=1e-4)
     rows = list(csv.DictReader(open(result["objects_csv"])))
@@ -88,6 +92,7 @@ def test_demo_command_runs_the_whole_flow_headless(tmp_path):
     assert 0.0 <= result["dice"] <= 1.0
     assert result["embed_seconds"] > 0 and result["click_ms"] > 0
     assert result["encoder_calls"] >= 1
+    assert 0.0 <= result["dice_3d"] <= 1.0 and result["propagate_seconds"] > 0 and len(result["propagate_stops"]) == 2
     assert [Path(p).name for p in result["screenshots"]] == ["demo_axial.png", "demo_coronal.png", "demo_preview.png", "demo_segment.png"]
     labels = read_volume(result["labels"])
     assert labels.array.shape == (48, 192, 192) and int((labels.array == 1).sum()) == result["voxels"]

@@ -3,9 +3,10 @@
 Interactive: the viewer opens with the sample, its ground truth and the widget. Headless
 (``--headless``, or no display): the same flow on a virtual display — load the sample, put a box
 around a ground-truth organ (the liver of the CT, on its largest plane, 3 px margin), segment,
-commit, and write screenshots of the real viewer, the labels (with the scan's geometry), the object
-table and a JSON summary; the last stdout line is one JSON object with the Dice against the ground
-truth, the model, the time to embed the plane and the time per click.
+propagate through the volume (3D samples), commit, and write screenshots of the real viewer, the
+labels (with the scan's geometry), the object table and a JSON summary; the last stdout line is one
+JSON object with the Dice against the ground truth (on the prompted plane, and in 3D), the model,
+the time to embed the plane, the time per click and the time to propagate.
 """
 
 from __future__ import annotations
@@ -177,9 +178,12 @@ def segment_sample(viewer, sample: str, segmenter, out: Path, timeout: float = 6
         dice = _dice(predicted, expected)
         widget.activate_box()
         preview_shot = save_screenshot(viewer, out / "demo_preview.png")
+        three_d = _propagate(widget, truth == label, timeout) if truth.ndim == 3 else {}
         record = widget.commit(name=organ)
         viewer.layers.selection.active = widget.labels_layer
         shot = save_screenshot(viewer, out / "demo_segment.png")
+        if three_d.get("dice_3d") is not None:
+            three_d["coronal_screenshot"] = str(_coronal_screenshot(viewer, out / "demo_segment_coronal.png"))
         exported = widget.export(out / "demo_labels.nii.gz")
     finally:
         widget.shutdown()
@@ -203,7 +207,41 @@ def segment_sample(viewer, sample: str, segmenter, out: Path, timeout: float = 6
         "objects_json": str(exported.json),
         "screenshot": str(shot),
         "preview_screenshot": str(preview_shot),
+        **three_d,
     }
+
+
+def _propagate(widget, expected, timeout: float) -> dict:
+    """Press Propagate on the segmented plane and wait; the 3D Dice of the preview against ``expected``
+    (bool (plane, row, col)), the planes it covers, why each direction stopped and how long it took."""
+    panel = widget.propagate_panel
+    if not panel.propagate():
+        return {"propagation": "not started: " + (panel.unavailable_reason() or "busy")}
+    _wait(lambda: not widget.engine.propagating and not widget.busy, timeout)
+    result = panel.last_result
+    if result is None or result.cancelled:
+        return {"propagation": "did not finish"}
+    planes = result.planes
+    return {
+        "dice_3d": round(_dice(widget.session.preview != 0, expected), 4),
+        "planes_3d": [planes[0], planes[-1]] if planes else None,
+        "propagate_seconds": round(result.seconds, 2),
+        "propagate_stops": [stop.reason for stop in result.stops],
+    }
+
+
+def _coronal_screenshot(viewer, path: Path) -> Path:
+    """The committed object seen across the planes (a coronal view through the volume's middle)."""
+    from napari_vfmseg._screenshot import save_screenshot
+
+    order = viewer.dims.order
+    viewer.dims.order = (1, 0, 2)
+    viewer.reset_view()
+    try:
+        return save_screenshot(viewer, path)
+    finally:
+        viewer.dims.order = order
+        viewer.reset_view()
 
 
 def organ_box(truth, label: int, margin: int):
