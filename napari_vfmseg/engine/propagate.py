@@ -513,6 +513,46 @@ def _plane_values(segmenter, plane: int) -> Optional[np.ndarray]:
     return None if get is None else np.asarray(get(plane))
 
 
+class _AppearanceWatch:
+    """The appearance checks along one walk direction: the key plane object's intensities, those of
+    the mask last accepted and of its surroundings; trims and measures each new plane's mask."""
+
+    def __init__(self, segmenter, reference: Appearance, seed_values: np.ndarray, seed_mask: np.ndarray,
+                 config: PropagationConfig) -> None:
+        self.segmenter, self.reference, self.config = segmenter, reference, config
+        self.last, self.around = reference, reference.like(seed_values, surroundings(seed_mask))
+        self.values: Optional[np.ndarray] = None
+        self.look: Optional[Appearance] = None
+
+    @classmethod
+    def start(cls, segmenter, plane: int, mask: np.ndarray, config: PropagationConfig) -> Optional["_AppearanceWatch"]:
+        """A watch from key plane ``plane``'s ``mask``, or None when the config asks for no check or the
+        segmenter gives no intensities."""
+        if not config.uses_appearance:
+            return None
+        values = _plane_values(segmenter, plane)
+        reference = None if values is None else Appearance.of(values, mask)
+        return None if reference is None else cls(segmenter, reference, values, mask, config)
+
+    def check(self, plane: int, mask: np.ndarray, previous: np.ndarray) -> tuple[np.ndarray, float, Optional[float]]:
+        """(``mask`` trimmed when the config says so, its similarity to the object — the better of the
+        key plane's and the last accepted plane's —, its similarity to the last mask's surroundings)."""
+        self.values = _plane_values(self.segmenter, plane)
+        if self.config.appearance_trim is not None:
+            mask = trim_to_appearance(mask, self.values, self.reference, self.config.appearance_trim, previous)
+        self.look = self.reference.like(self.values, mask)
+        if self.look is None:
+            return mask, 0.0, None
+        similarity = max(self.reference.similarity_to(self.look), self.last.similarity_to(self.look))
+        around = None if self.around is None else self.around.similarity_to(self.look)
+        return mask, similarity, around
+
+    def accept(self, mask: np.ndarray) -> None:
+        """The mask just checked was kept: the next plane is compared with it and its surroundings."""
+        if self.look is not None:
+            self.last, self.around = self.look, self.reference.like(self.values, surroundings(mask))
+
+
 def _is_cancelled(cancel: CancelToken) -> bool:
     if cancel is None:
         return False
@@ -637,12 +677,7 @@ def propagate(
                 continue
             previous, previous_logits = seed.mask, seed.logits
             last, stopped_at, reason = walk.seed, None, None
-            reference = None  # the key plane object's intensities, and those of the plane last accepted
-            if config.uses_appearance:
-                seed_values = _plane_values(segmenter, walk.seed)
-                reference = None if seed_values is None else Appearance.of(seed_values, seed.mask)
-            last_look = reference
-            last_around = None if reference is None else reference.like(seed_values, surroundings(seed.mask))
+            looks = _AppearanceWatch.start(segmenter, walk.seed, seed.mask, config)
             best_score: Optional[float] = None
             planes = remaining[id(walk)]
             for position, plane in enumerate(planes):
@@ -661,14 +696,9 @@ def propagate(
                         f"{plane_shape}: the masks do not belong to this volume or axis"
                     )
                 score = float(prediction.score)
-                similarity = around = look = None
-                if reference is not None:
-                    values = _plane_values(segmenter, plane)
-                    if config.appearance_trim is not None:
-                        mask = trim_to_appearance(mask, values, reference, config.appearance_trim, previous)
-                    look = reference.like(values, mask)
-                    similarity = 0.0 if look is None else max(reference.similarity_to(look), last_look.similarity_to(look))
-                    around = None if look is None or last_around is None else last_around.similarity_to(look)
+                similarity = around = None
+                if looks is not None:
+                    mask, similarity, around = looks.check(plane, mask, previous)
                 reason = stop_reason(mask, score, previous, config, best_score, similarity, around)
                 done += 1
                 visits.append(PlaneVisit(plane, walk.seed, walk.step, score, int(np.count_nonzero(mask)),
@@ -684,8 +714,8 @@ def propagate(
                 kept[(walk.seed, plane)] = (mask, score)
                 best_score = score if best_score is None else max(best_score, score)
                 previous, previous_logits, last = mask, getattr(prediction, "logits", None), plane
-                if look is not None:
-                    last_look, last_around = look, reference.like(values, surroundings(mask))
+                if looks is not None:
+                    looks.accept(mask)
                 if progress is not None:
                     progress(done, total, plane)
             else:
