@@ -638,17 +638,7 @@ def propagate(
     count = int(getattr(segmenter, "plane_count", 0) or 0)
     if count < 1:
         raise ValueError("the segmenter has no volume: call segmenter.set_volume(volume, axis=...) first")
-    if not seeds:
-        raise ValueError("propagate needs at least one key plane mask in seeds")
-    key_seeds: dict[int, _Seed] = {}
-    for plane, value in seeds.items():
-        if not isinstance(plane, (int, np.integer)) or not 0 <= int(plane) < count:
-            raise ValueError(f"key plane {plane!r} is outside the volume: axis {axis} has {count} planes")
-        key_seeds[int(plane)] = _as_seed(int(plane), value)
-    shapes = {s.mask.shape for s in key_seeds.values()}
-    if len(shapes) != 1:
-        raise ValueError(f"key plane masks differ in shape: {sorted(shapes)}")
-    plane_shape = shapes.pop()
+    key_seeds, plane_shape = _key_seeds(seeds, count, axis)
     keys = sorted(key_seeds)
     encoder_before = getattr(segmenter, "encoder_calls", None)
 
@@ -686,15 +676,8 @@ def propagate(
                     break
                 upcoming = planes[position:] + [p for w in walks[index + 1 :] for p in remaining[id(w)]]
                 lookahead.advance(upcoming)
-                prompt = next_plane_prompt(previous, previous_logits, config.policy)
-                prediction = segmenter.predict(points=prompt.points, point_labels=prompt.point_labels, box=prompt.box,
-                                               mask_input=prompt.mask_input, plane=plane)
-                mask = np.asarray(prediction.mask, dtype=bool)
-                if mask.shape != plane_shape:
-                    raise ValueError(
-                        f"plane {plane} along axis {axis} has shape {mask.shape} but the key plane masks are "
-                        f"{plane_shape}: the masks do not belong to this volume or axis"
-                    )
+                prediction, mask = _predict_plane(segmenter, plane, previous, previous_logits, config.policy,
+                                                  plane_shape, axis)
                 score = float(prediction.score)
                 similarity = around = None
                 if looks is not None:
@@ -733,13 +716,64 @@ def propagate(
         if current_plane is not None:
             segmenter.current_plane = current_plane
 
+    stack, scores = _assemble(kept, key_seeds, count, plane_shape, config)
+    encoder_after = getattr(segmenter, "encoder_calls", None)
+    return PropagationResult(
+        mask=np.moveaxis(stack, 0, axis),
+        axis=axis,
+        key_planes=keys,
+        scores=scores,
+        visits=visits,
+        stops=stops,
+        cancelled=cancelled,
+        seconds=time.perf_counter() - started,
+        encoder_calls=None if encoder_before is None or encoder_after is None else int(encoder_after - encoder_before),
+    )
+
+
+def _key_seeds(seeds: Mapping[int, Any], count: int, axis: int) -> tuple[dict[int, _Seed], tuple[int, int]]:
+    """The key planes checked: plane → _Seed, and the (rows, cols) shape they share."""
+    if not seeds:
+        raise ValueError("propagate needs at least one key plane mask in seeds")
+    key_seeds: dict[int, _Seed] = {}
+    for plane, value in seeds.items():
+        if not isinstance(plane, (int, np.integer)) or not 0 <= int(plane) < count:
+            raise ValueError(f"key plane {plane!r} is outside the volume: axis {axis} has {count} planes")
+        key_seeds[int(plane)] = _as_seed(int(plane), value)
+    shapes = {seed.mask.shape for seed in key_seeds.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"key plane masks differ in shape: {sorted(shapes)}")
+    return key_seeds, shapes.pop()
+
+
+def _predict_plane(segmenter, plane: int, previous: np.ndarray, previous_logits: Optional[np.ndarray],
+                   policy: PromptPolicy, plane_shape: tuple[int, int], axis: int):
+    """(the segmenter's prediction for ``plane``, prompted from the previous mask; its bool mask)."""
+    prompt = next_plane_prompt(previous, previous_logits, policy)
+    prediction = segmenter.predict(points=prompt.points, point_labels=prompt.point_labels, box=prompt.box,
+                                   mask_input=prompt.mask_input, plane=plane)
+    mask = np.asarray(prediction.mask, dtype=bool)
+    if mask.shape != plane_shape:
+        raise ValueError(
+            f"plane {plane} along axis {axis} has shape {mask.shape} but the key plane masks are "
+            f"{plane_shape}: the masks do not belong to this volume or axis"
+        )
+    return prediction, mask
+
+
+def _assemble(kept: dict[tuple[int, int], tuple[np.ndarray, float]], key_seeds: dict[int, _Seed], count: int,
+              plane_shape: tuple[int, int], config: PropagationConfig) -> tuple[np.ndarray, dict[int, float]]:
+    """The walks' accepted masks (``kept``: (seed, plane) → (mask, score)) as one (plane, rows, cols)
+    stack: outside the key planes the one walk there, between two of them both walks reconciled, the
+    key planes as given (also after post-processing). Returns the stack and plane → score."""
+    keys = sorted(key_seeds)
     stack = np.zeros((count, *plane_shape), dtype=bool)
     scores: dict[int, float] = {}
     for low, high in zip([None, *keys], [*keys, None]):
         if low is None or high is None:  # outside the key planes: one walk only
             seed = keys[0] if low is None else keys[-1]
-            for (s, plane), (mask, score) in kept.items():
-                if s == seed and (plane < seed if low is None else plane > seed):
+            for (origin, plane), (mask, score) in kept.items():
+                if origin == seed and (plane < seed if low is None else plane > seed):
                     stack[plane], scores[plane] = mask, score
             continue
         for plane in range(low + 1, high):
@@ -754,18 +788,7 @@ def propagate(
     for plane in list(scores):
         if not stack[plane].any():
             del scores[plane]
-    encoder_after = getattr(segmenter, "encoder_calls", None)
-    return PropagationResult(
-        mask=np.moveaxis(stack, 0, axis),
-        axis=axis,
-        key_planes=keys,
-        scores=scores,
-        visits=visits,
-        stops=stops,
-        cancelled=cancelled,
-        seconds=time.perf_counter() - started,
-        encoder_calls=None if encoder_before is None or encoder_after is None else int(encoder_after - encoder_before),
-    )
+    return stack, scores
 
 
 def _postprocess(stack: np.ndarray, config: PropagationConfig) -> None:
