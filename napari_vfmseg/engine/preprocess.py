@@ -129,8 +129,8 @@ PREPROCESS_MODES = ("sam", "medsam")
 
 
 def pixel_aspect(spacing) -> float:
-    """A pixel's height / width from the (row, col) spacing in mm; 1.0 when the two agree within 1 %
-    (rounding in file headers), when ``spacing`` is None, or when it is not two positive numbers."""
+    """A pixel's height / width from the (row, col) spacing in mm; 1.0 when ``spacing`` is None or the
+    two agree within 1 % (rounding in file headers). ValueError unless two positive numbers."""
     if spacing is None:
         return 1.0
     values = np.asarray(spacing, dtype=np.float64).reshape(-1)
