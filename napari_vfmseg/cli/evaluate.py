@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max-clicks must be >= 1")
     if args.max_objects is not None and args.max_objects < 1:
         raise UserError("--max-objects must be >= 1")
-    if appearance_overrides(args) and not args.three_d:  # checked before anything is read or loaded
+    appearance = appearance_overrides(args)  # checked before anything is read or loaded
+    if appearance and not args.three_d:
         raise UserError("--appearance and --appearance-trim only apply with --3d")
     window = parse_window(args.window)
     volume, labels = _read_pair(args.volume, args.labels)
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         apply_adapter(model, args.adapter)
     segmenter = Segmenter(model, cache_dir=args.cache_dir)
     if args.three_d:
-        return _run_3d(args, volume, labels, segmenter, window, model)
+        return _run_3d(args, volume, labels, segmenter, window, model, appearance)
     segmenter.set_volume(array, axis=axis, window=window, modality=getattr(volume, "modality", None),
                          spacing=volume.spacing if volume.array.ndim == 3 else (1.0, *volume.spacing))
 
@@ -130,15 +131,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_3d(args: argparse.Namespace, volume, labels, segmenter, window, model) -> int:
-    """``--3d``: propagate from one box per object; print the 3D report (JSON or a short table)."""
+def _run_3d(args: argparse.Namespace, volume, labels, segmenter, window, model, appearance: dict) -> int:
+    """``--3d``: propagate from one box per object (``appearance``: overrides of the model's preset);
+    print the 3D report (JSON or a short table)."""
     from napari_vfmseg.cli import UserError
     from napari_vfmseg.engine.propagate import PropagationConfig, segmenter_model
     from napari_vfmseg.training.metrics3d import evaluate_volume_3d
 
     if volume.array.ndim != 3 or getattr(volume, "is_rgb", False):
         raise UserError(f"{args.volume}: --3d needs a 3D volume, got shape {volume.array.shape}")
-    config = replace(PropagationConfig.for_model(segmenter_model(segmenter)), **appearance_overrides(args))
+    config = replace(PropagationConfig.for_model(segmenter_model(segmenter)), **appearance)
     report = evaluate_volume_3d(volume.array, labels.array, segmenter, axis=args.axis, min_size_mm=20.0,
                                 spacing=volume.spacing, window=window, modality=getattr(volume, "modality", None),
                                 config=config)

@@ -21,7 +21,7 @@ spilled a little into its neighbours (a box filled by the model) still describe 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -57,17 +57,17 @@ class Appearance:
             return None
         p01, p99 = np.percentile(values, (1, 99))
         width = max(0.02 * float(p99 - p01), 1e-6)
-        edges = float(p01) - 5 * width + width * np.arange(_BINS + 1)
-        inside = values[mask].astype(np.float64)
-        q05, q25, q75, q95 = np.percentile(inside, (5, 25, 75, 95))
-        return cls(edges=edges, histogram=cls._histogram(edges, inside), low=float(q05), high=float(q95),
-                   spread=max(float(q75 - q25), width))
+        return cls._summarise(float(p01) - 5 * width + width * np.arange(_BINS + 1), values[mask])
 
-    @staticmethod
-    def _histogram(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
-        index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+    @classmethod
+    def _summarise(cls, edges: np.ndarray, inside: np.ndarray) -> "Appearance":
+        """Histogram on ``edges`` and quantiles of the object's pixel values ``inside`` (N,)."""
+        inside = inside.astype(np.float64)
+        index = np.clip(np.searchsorted(edges, inside, side="right") - 1, 0, len(edges) - 2)
         counts = np.bincount(index, minlength=len(edges) - 1).astype(np.float64)
-        return counts / max(counts.sum(), 1.0)
+        q05, q25, q75, q95 = np.percentile(inside, (5, 25, 75, 95))
+        return cls(edges=edges, histogram=counts / max(counts.sum(), 1.0), low=float(q05), high=float(q95),
+                   spread=max(float(q75 - q25), float(edges[1] - edges[0])))
 
     def like(self, plane_values: np.ndarray, mask: np.ndarray) -> Optional["Appearance"]:
         """The statistics of another mask, on this one's bins (so the two can be compared); None
@@ -75,11 +75,7 @@ class Appearance:
         mask = np.asarray(mask, dtype=bool)
         if not mask.any():
             return None
-        inside = np.asarray(plane_values)[mask].astype(np.float64)
-        q05, q25, q75, q95 = np.percentile(inside, (5, 25, 75, 95))
-        width = float(self.edges[1] - self.edges[0])
-        return replace(self, histogram=self._histogram(self.edges, inside), low=float(q05), high=float(q95),
-                       spread=max(float(q75 - q25), width))
+        return self._summarise(self.edges, np.asarray(plane_values)[mask])
 
     def similarity(self, plane_values: np.ndarray, mask: np.ndarray) -> float:
         """Bhattacharyya coefficient in [0, 1] between this histogram and that of ``plane_values``
