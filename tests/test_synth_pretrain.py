@@ -130,3 +130,46 @@ def test_a_new_run_can_start_from_exported_weights(tmp_path):
     for key, value in exported.items():
         if value.is_floating_point() and "running" not in key:
             assert torch.equal(second[key].half(), value), key
+
+
+def test_decoder_only_training_leaves_the_encoder_as_loaded(tmp_path):
+    """--train decoder: the image encoder (weights and BatchNorm statistics) stays bit-identical,
+    the prompt encoder and mask decoder learn, and the run resumes like a full one."""
+    import pytest
+
+    from safetensors.torch import load_file
+
+    from napari_vfmseg.training.pretrain import export_weights, trainable_parameters
+
+    start_cfg = PretrainConfig(steps=1, images_per_step=2, prompts_per_image=1, eval_every=1, eval_images=1,
+                               checkpoint_every=1, warmup_steps=1)
+    pretrain(tmp_path / "base", start_cfg, TINY)
+    weights = tmp_path / "base.safetensors"
+    export_weights(tmp_path / "base", weights)
+    loaded = load_file(str(weights))
+    cfg = PretrainConfig(steps=2, images_per_step=2, prompts_per_image=2, eval_every=2, eval_images=1,
+                         checkpoint_every=1, warmup_steps=1, lr=1e-2, train="decoder", corrections=1,
+                         correction_probability=1.0)
+    pretrain(tmp_path / "decoder", cfg, TINY, init=weights)
+    trained = torch.load(tmp_path / "decoder" / "checkpoint.pt", weights_only=True)
+    assert trained["step"] == 2
+    model = trained["model"]
+    encoder_keys = [k for k in loaded if k.startswith("image_encoder.")]
+    assert any("running_mean" in k for k in encoder_keys)  # BatchNorm statistics are among them
+    for key in encoder_keys:
+        assert torch.equal(model[key].to(loaded[key].dtype), loaded[key]), key
+    decoder_keys = [k for k in loaded if k.startswith("mask_decoder.")]
+    assert any(not torch.equal(model[k].half(), loaded[k]) for k in decoder_keys)
+    cfg.steps = 3  # resumes from step 2 with the encoder still frozen
+    pretrain(tmp_path / "decoder", cfg, TINY, init=weights)
+    resumed = torch.load(tmp_path / "decoder" / "checkpoint.pt", weights_only=True)
+    assert resumed["step"] == 3
+    for key in encoder_keys:
+        assert torch.equal(resumed["model"][key].to(loaded[key].dtype), loaded[key]), key
+    sam = build_builtin_sam(TINY)
+    names = {id(p): n for n, p in sam.named_parameters()}
+    chosen = [names[id(p)] for p in trainable_parameters(sam, "decoder")]
+    assert chosen and not any(n.startswith("image_encoder.") for n in chosen)
+    assert len(trainable_parameters(sam, "all")) == len(list(sam.parameters()))
+    with pytest.raises(ValueError, match="train must be one of"):
+        PretrainConfig(train="encoder")

@@ -48,7 +48,23 @@ from napari_vfmseg.training.synth import SynthConfig, SynthGenerator
 from napari_vfmseg.training.synth_stream import StreamConfig, batch_loader
 from napari_vfmseg.training.trainer import decode
 
-__all__ = ["PretrainConfig", "pretrain", "evaluate_synthetic", "images_to_input"]
+__all__ = ["PretrainConfig", "pretrain", "evaluate_synthetic", "images_to_input", "trainable_parameters"]
+
+TRAINABLE = ("all", "decoder")
+
+
+def trainable_parameters(sam, train: str) -> list[torch.nn.Parameter]:
+    """The parameters ``train`` updates; with "decoder" the image encoder is frozen (``requires_grad`` off).
+
+    A frozen encoder costs one forward pass per image and nothing per prompt, so a decoder-only run
+    spends almost all of its time on what prompts mean (boxes, ambiguous clicks, correction clicks).
+    """
+    if train not in TRAINABLE:
+        raise ValueError(f"train must be one of {sorted(TRAINABLE)}, got {train!r}")
+    frozen = train == "decoder"
+    for parameter in sam.image_encoder.parameters():
+        parameter.requires_grad_(not frozen)
+    return [p for p in sam.parameters() if p.requires_grad]
 
 
 @dataclass
@@ -71,6 +87,11 @@ class PretrainConfig:
     corrections: int = 2          # correction rounds after the first prompt
     workers: int = 0              # DataLoader processes making the synthetic batches (0: in this process)
     max_minutes: float = 0.0      # stop (with a checkpoint) after this long; 0: no limit
+    train: str = "all"            # "all" weights, or "decoder": prompt encoder + mask decoder on a frozen encoder
+
+    def __post_init__(self) -> None:
+        if self.train not in TRAINABLE:
+            raise ValueError(f"train must be one of {sorted(TRAINABLE)}, got {self.train!r}")
 
 
 def images_to_input(sam, images: torch.Tensor) -> torch.Tensor:
@@ -162,7 +183,8 @@ def pretrain(out: Path, cfg: PretrainConfig, arch: BuiltinConfig | None = None,
     torch.manual_seed(cfg.seed)
     arch = arch or BuiltinConfig()
     sam = build_builtin_sam(arch).to(device)
-    optimizer = torch.optim.AdamW(sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(trainable_parameters(sam, cfg.train), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    frozen_encoder = cfg.train == "decoder"
     start = 0
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
@@ -186,6 +208,8 @@ def pretrain(out: Path, cfg: PretrainConfig, arch: BuiltinConfig | None = None,
         if new_log:
             writer.writerow(["step", "loss", "lr", "seconds", "box_dice", "click_dice", "box_filled_dice"])
         sam.train()
+        if frozen_encoder:
+            sam.image_encoder.eval()  # its BatchNorm statistics stay as loaded
         t0 = time.time()
         last_save = t0
         running = []
@@ -201,11 +225,12 @@ def pretrain(out: Path, cfg: PretrainConfig, arch: BuiltinConfig | None = None,
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, cfg)
             with amp:
-                embeddings = sam.image_encoder(images_to_input(sam, images))
+                with torch.no_grad() if frozen_encoder else contextlib.nullcontext():
+                    embeddings = sam.image_encoder(images_to_input(sam, images))
                 loss = pretrain_loss(sam, embeddings, targets, prompt_cfg, generator, boxes_only=step < cfg.box_only_steps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], 1.0)
             optimizer.step()
             running.append(float(loss.detach()))
             done = step + 1
@@ -213,6 +238,8 @@ def pretrain(out: Path, cfg: PretrainConfig, arch: BuiltinConfig | None = None,
             evaluated: dict = {}
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 evaluated = last_eval = evaluate_synthetic(sam, val_samples)
+                if frozen_encoder:
+                    sam.image_encoder.eval()
                 row[4:] = [last_eval["box_dice"], last_eval["click_dice"], last_eval["box_filled_dice"]]
             writer.writerow(row)
             log_file.flush()
@@ -278,6 +305,11 @@ def main(argv=None) -> int:
     parser.add_argument("--box-only-steps", type=int, default=PretrainConfig.box_only_steps)
     parser.add_argument("--renders", type=int, default=PretrainConfig.renders, help="appearances per generated label map")
     parser.add_argument("--corrections", type=int, default=PretrainConfig.corrections)
+    parser.add_argument("--correction-probability", type=float, default=PretrainConfig.correction_probability,
+                        help="chance of each further correction round")
+    parser.add_argument("--warmup-steps", type=int, default=PretrainConfig.warmup_steps)
+    parser.add_argument("--train", choices=TRAINABLE, default=PretrainConfig.train,
+                        help="all weights, or the prompt encoder and mask decoder on a frozen image encoder")
     parser.add_argument("--workers", type=int, default=0, help="processes generating the synthetic batches")
     parser.add_argument("--max-minutes", type=float, default=0.0, help="stop with a checkpoint after this long")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -295,7 +327,8 @@ def main(argv=None) -> int:
                          lr=args.lr, eval_every=args.eval_every, eval_images=args.eval_images,
                          checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
                          box_only_steps=args.box_only_steps, renders=args.renders, corrections=args.corrections,
-                         workers=args.workers, max_minutes=args.max_minutes)
+                         workers=args.workers, max_minutes=args.max_minutes, train=args.train,
+                         correction_probability=args.correction_probability, warmup_steps=args.warmup_steps)
     arch = BuiltinConfig(img_size=args.img_size)
 
     def report(info: dict) -> None:
