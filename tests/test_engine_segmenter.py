@@ -48,6 +48,27 @@ def test_single_point_returns_best_of_three(model):
     np.testing.assert_array_equal(np.asarray(prediction), prediction.mask)
 
 
+def test_candidate_chooses_another_reading_of_a_single_click(model):
+    segmenter = Segmenter(model)
+    segmenter.set_image(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    best = segmenter.predict(points=[(30, 40)])
+    geometry = Geometry.for_shape(60, 80, 256)
+    for k in range(3):
+        chosen = segmenter.predict(points=[(30, 40)], candidate=k)
+        assert chosen.index == k and chosen.multimask
+        assert chosen.score == pytest.approx(float(best.candidate_scores[k]))
+        np.testing.assert_array_equal(chosen.candidate_logits, best.candidate_logits)  # same decoder call
+        np.testing.assert_array_equal(chosen.logits, best.candidate_logits[k])
+        expected = upscale_logits(torch.as_tensor(best.candidate_logits[k][None, None]), geometry)[0, 0].numpy() > 0
+        np.testing.assert_array_equal(chosen.mask, expected)
+    assert segmenter.predict(points=[(30, 40)], candidate=best.index).mask.tolist() == best.mask.tolist()
+    with pytest.raises(ValueError, match="candidate 3 does not exist: this prompt gives 3 mask"):
+        segmenter.predict(points=[(30, 40)], candidate=3)
+    with pytest.raises(ValueError, match="candidate 1 does not exist: this prompt gives 1 mask"):
+        segmenter.predict(box=(10, 10, 40, 50), candidate=1)  # a box is not ambiguous: one mask
+    assert segmenter.predict(box=(10, 10, 40, 50), candidate=0).index == 0
+
+
 def test_several_prompts_give_one_mask_and_multimask_overrides(model):
     segmenter = Segmenter(model)
     segmenter.set_image(np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8))

@@ -502,6 +502,7 @@ class Segmenter:
         mask_input=None,
         multimask: Optional[bool] = None,
         plane: Optional[int] = None,
+        candidate: Optional[int] = None,
     ) -> Prediction:
         """Predict one mask from prompts on the current image or on volume ``plane``.
 
@@ -509,8 +510,10 @@ class Segmenter:
         ``box``: (row0, col0, row1, col1). ``mask_input``: low-res logits (L, L) or (1, L, L), e.g. a
         previous ``Prediction.logits``. ``multimask``: None chooses as SAM's authors recommend — one
         point alone (no box, no mask) is ambiguous, so the decoder's three masks are computed and the
-        best-scoring one returned; anything else gives one mask. Raises ValueError for a prompt outside
-        the image.
+        best-scoring one returned; anything else gives one mask. ``candidate``: with multimask output,
+        return that one of the masks (0-based, in the decoder's order) instead of the best-scoring
+        one — how a user steps through the other readings of an ambiguous click. Raises ValueError for
+        a prompt outside the image or a candidate the decoder did not return.
         """
         if points is None and box is None and mask_input is None:
             raise ValueError("predict needs at least one prompt: points, box or mask_input")
@@ -535,6 +538,11 @@ class Segmenter:
         with torch.inference_mode():
             low_res, scores = self._decode(item.key, embedding, coords, labels, box_xy, mask_tensor, multimask)
             index = int(torch.argmax(scores[0]).item()) if multimask else 0
+            if candidate is not None:
+                count = int(scores.shape[1])
+                if not 0 <= int(candidate) < count:
+                    raise ValueError(f"candidate {candidate} does not exist: this prompt gives {count} mask(s)")
+                index = int(candidate)
             logits = upscale_logits(low_res[:, index : index + 1], geometry)
             mask = (logits[0, 0] > self.sam.mask_threshold).cpu().numpy()
         candidate_logits = low_res[0].float().cpu().numpy()
