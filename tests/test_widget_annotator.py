@@ -130,6 +130,35 @@ def test_box_and_correction_click_preview_equals_engine_then_commit_and_undo(ann
     assert widget.objects_panel.row_values(0)["voxels"] == f"{int(second.mask.sum()):,}"
 
 
+def test_next_mask_shows_the_other_readings_of_a_single_click(annotator, model, volume, qtbot):
+    viewer, widget = annotator
+    image, _ = volume
+    reference = _reference(model, image)
+    assert not widget.next_mask_button.isEnabled() and not widget.next_mask()  # nothing to step through yet
+    widget.add_point((30.0, 20.0))
+    _settle(widget, qtbot)
+    best = reference.predict(points=[(30.0, 20.0)], plane=5)
+    plane = Plane(0, 5)
+    np.testing.assert_array_equal(widget.session.mask(plane), best.mask)
+    assert f"mask {best.index + 1} of 3" in widget.preview_label.text()
+    assert widget.next_mask_button.isEnabled()
+    distinct = {reference.predict(points=[(30.0, 20.0)], plane=5, candidate=k).mask.tobytes() for k in range(3)}
+    assert len(distinct) >= 2  # the readings differ, so showing the right one is checked
+    for step in (1, 2, 3):  # the button and the M key call next_mask; after the third mask, the first again
+        widget.next_mask_button.click()
+        _settle(widget, qtbot)
+        k = (best.index + step) % 3
+        expected = reference.predict(points=[(30.0, 20.0)], plane=5, candidate=k)
+        np.testing.assert_array_equal(widget.session.mask(plane), expected.mask)
+        np.testing.assert_array_equal(widget.session.preview[5].astype(bool), expected.mask)
+        assert f"mask {k + 1} of 3" in widget.preview_label.text()
+    assert "m" in [key for key, _ in widget._key_actions(toggle=False)]
+    widget.add_box((12.0, 8.0, 40.0, 38.0))  # a box makes the prompt unambiguous: one mask, nothing to step through
+    _settle(widget, qtbot)
+    assert not widget.next_mask() and not widget.next_mask_button.isEnabled()
+    assert any("no other mask to show" in m for m in _messages("info"))
+
+
 def _canvas_click(viewer, layer_coords, modifier=Qt.NoModifier):
     """A real Qt mouse click on the canvas at the world position of image data ``layer_coords``."""
     canvas = viewer.window._qt_viewer.canvas.native

@@ -105,6 +105,60 @@ def test_correction_click_feeds_previous_logits_and_stale_results_are_dropped():
     assert session.request(plane).mask_input is None
 
 
+class ThreeReadings:
+    """A single click has three masks (disks of radius 2, 4, 6), the second scoring best."""
+
+    scores = np.array([0.5, 0.9, 0.7])
+
+    def __init__(self, plane_shape):
+        self.plane_shape = plane_shape
+        self.calls = []
+
+    def predict(self, points=None, point_labels=None, box=None, mask_input=None, multimask=None, plane=None,
+                candidate=None):
+        self.calls.append(candidate)
+        centre = points[0] if points is not None else ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        several = points is not None and len(points) == 1 and box is None and mask_input is None
+        scores = self.scores if several else self.scores[:1]
+        index = (int(np.argmax(scores)) if candidate is None else candidate) if several else 0
+        return SimpleNamespace(mask=_disk(self.plane_shape, centre, 2 + 2 * index), logits=np.full((8, 8), float(index)),
+                               score=float(scores[index]), index=index, candidate_scores=scores)
+
+
+def test_next_candidate_cycles_through_a_single_clicks_masks():
+    session = AnnotationSession((6, 20, 30), GEOMETRY)
+    predictor = ThreeReadings((20, 30))
+    plane = Plane(0, 2)
+    assert session.next_candidate_request(plane) is None and session.candidate_of(plane) is None
+    session.set_axis_prompts(0, {2: PlanePrompts.build([(10, 15)], [1])})
+    first = session.request(plane)
+    assert first.candidate is None
+    assert session.accept(first, first.run(predictor))
+    assert session.candidate_of(plane) == (2, 3)  # the best-scoring one is shown first
+    shown = []
+    for _ in range(3):
+        request = session.next_candidate_request(plane)
+        assert request.mask_input is None
+        assert session.accept(request, request.run(predictor))
+        shown.append(session.candidate_of(plane))
+        np.testing.assert_array_equal(session.preview[2].astype(bool), _disk((20, 30), (10, 15), 2 + 2 * (shown[-1][0] - 1)))
+    assert shown == [(3, 3), (1, 3), (2, 3)] and predictor.calls == [None, 2, 0, 1]
+    # a correction click feeds back the logits of the mask on screen, and has one mask only
+    session.set_axis_prompts(0, {2: PlanePrompts.build([(10, 15), (3, 3)], [1, 0])})
+    correction = session.request(plane)
+    np.testing.assert_array_equal(correction.mask_input, np.full((8, 8), 1.0))
+    assert session.next_candidate_request(plane) is None  # the click's masks belong to other prompts now
+    assert session.accept(correction, correction.run(predictor))
+    assert session.candidate_of(plane) == (1, 1) and session.next_candidate_request(plane) is None
+    # a new model: the old candidates are not offered any more
+    session.set_axis_prompts(0, {2: PlanePrompts.build([(10, 15)], [1])})
+    request = session.request(plane)
+    session.accept(request, request.run(predictor))
+    assert session.next_candidate_request(plane) is not None
+    session.invalidate()
+    assert session.next_candidate_request(plane) is None
+
+
 def test_preview_is_the_union_of_plane_masks_across_axes():
     session = AnnotationSession((6, 8, 10), GEOMETRY)
     axial, coronal = Plane(0, 2), Plane(1, 5)

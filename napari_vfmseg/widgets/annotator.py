@@ -74,6 +74,7 @@ WINDOW_CHOICES: tuple[tuple[str, Optional[str]], ...] = (
 
 SHORTCUTS = (
     "click: object point · Shift+click or T: background point · Box: drag a rectangle · "
+    "M: next mask of a single click · "
     "Enter: commit · Esc: clear prompts · Ctrl+Z / Ctrl+Shift+Z: undo / redo commits "
     "(on the objects layer: napari's brush undo)"
 )
@@ -186,6 +187,9 @@ class AnnotatorWidget(QWidget):
         self.clear_button = _button("Clear (Esc)", self.clear_prompts)
         self.commit_button = _button("Commit (Enter)", lambda: self.commit())
         column.addLayout(_row(self.clear_button, self.commit_button))
+        self.next_mask_button = _button("Next mask (M)", self.next_mask)
+        self.next_mask_button.setToolTip("a single click is ambiguous (a part or the whole): show the model's next reading of it")
+        column.addWidget(self.next_mask_button)
         self.undo_button = _button("Undo", self.undo)
         self.redo_button = _button("Redo", self.redo)
         column.addLayout(_row(self.undo_button, self.redo_button))
@@ -588,6 +592,7 @@ class AnnotatorWidget(QWidget):
     def _plane_settled(self) -> None:
         self.engine.follow(self.current_plane())
         self._update_status()
+        self._update_buttons()
 
     def _on_axes_changed(self, event=None) -> None:
         if self.session is None or self.session.ndim != 3:
@@ -659,7 +664,9 @@ class AnnotatorWidget(QWidget):
 
     def _on_predicted(self, plane: Plane, prediction, milliseconds: float) -> None:
         self.preview_layer.refresh()
-        self.preview_label.setText(f"preview: {plane.describe()} · score {prediction.score:.2f} · {milliseconds:.0f} ms")
+        shown = self.session.candidate_of(plane) if self.session is not None else None
+        which = f" · mask {shown[0]} of {shown[1]} (M: next)" if shown is not None and shown[1] > 1 else ""
+        self.preview_label.setText(f"preview: {plane.describe()} · score {prediction.score:.2f}{which} · {milliseconds:.0f} ms")
         self.preview_changed.emit(plane)
         self._update_buttons()
         self._update_status()
@@ -671,6 +678,17 @@ class AnnotatorWidget(QWidget):
     def add_box(self, box: tuple[float, float, float, float], plane: Optional[Plane] = None) -> None:
         """Add a box (row0, col0, row1, col1) on ``plane`` (default: the plane on screen), as a drag would."""
         self.prompts.add_box(self._require_plane(plane), box)
+
+    def next_mask(self, plane: Optional[Plane] = None) -> bool:
+        """Show the next of the model's masks for the single click on ``plane`` (default: the plane on
+        screen). False, with a note in the status bar, when that plane has no such choice."""
+        plane = plane or self.current_plane()
+        session = self.session
+        if plane is None or session is None or session.next_candidate_request(plane) is None:
+            self._notify("info", "no other mask to show: only a single click (no box, no second point) has several")
+            return False
+        self.engine.request(plane, next_candidate=True)
+        return True
 
     def _require_plane(self, plane: Optional[Plane]) -> Plane:
         plane = plane or self.current_plane()
@@ -838,6 +856,8 @@ class AnnotatorWidget(QWidget):
         self.clear_button.setEnabled(has_prompts)
         self.undo_button.setEnabled(session is not None and session.history.can_undo)
         self.redo_button.setEnabled(session is not None and session.history.can_redo)
+        plane = self.current_plane() if session is not None else None
+        self.next_mask_button.setEnabled(plane is not None and session.next_candidate_request(plane) is not None)
         self.delete_button.setEnabled(session is not None and len(session.table) > 0)
         for button in (self.export_button, self.points_mode_button, self.box_mode_button):
             button.setEnabled(session is not None)
@@ -878,6 +898,7 @@ class AnnotatorWidget(QWidget):
             ("Escape", lambda _: self.clear_prompts()),
             ("Control-z", lambda _: self.undo()),
             ("Control-Shift-z", lambda _: self.redo()),
+            ("m", lambda _: self.next_mask()),
         ]
         return actions + ([("t", lambda _: self.toggle_polarity())] if toggle else [])
 

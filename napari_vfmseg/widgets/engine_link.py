@@ -234,8 +234,9 @@ class EngineLink(QObject):
 
     # ------------------------------------------------------------------ predictions
 
-    def request(self, plane: Plane) -> None:
-        """Predict ``plane`` from the session's current prompts (the newest request per plane wins)."""
+    def request(self, plane: Plane, next_candidate: bool = False) -> None:
+        """Predict ``plane`` from the session's current prompts (the newest request per plane wins).
+        ``next_candidate``: show the next of an ambiguous click's masks instead."""
         session, segmenter = self.session, self.segmenter
         if session is None or segmenter is None:
             return
@@ -245,7 +246,7 @@ class EngineLink(QObject):
                 return None
             if plane.axis != self.axis:
                 return None
-            request = session.request(plane)
+            request = session.next_candidate_request(plane) if next_candidate else session.request(plane)
             if request is None:
                 return None
 

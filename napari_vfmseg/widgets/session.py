@@ -41,28 +41,33 @@ __all__ = ["AnnotationSession", "PredictionRequest", "PropagationRequest", "Pred
 class Predictor(Protocol):
     """What a session needs from the engine: :meth:`napari_vfmseg.engine.Segmenter.predict`."""
 
-    def predict(self, points=None, point_labels=None, box=None, mask_input=None, multimask=None, plane=None) -> Any:
+    def predict(self, points=None, point_labels=None, box=None, mask_input=None, multimask=None, plane=None,
+                candidate=None) -> Any:
         ...
 
 
 @dataclass(frozen=True)
 class PredictionRequest:
-    """One model call: the prompts of ``plane`` and the logits of the mask they correct (or None)."""
+    """One model call: the prompts of ``plane`` and the logits of the mask they correct (or None).
+    ``candidate``: which of an ambiguous click's masks to return (None: the best-scoring one)."""
 
     plane: Plane
     prompts: PlanePrompts
     mask_input: Optional[np.ndarray]
     epoch: int
+    candidate: Optional[int] = None
 
     def run(self, predictor: Predictor):
         """Call the model (safe on any thread; touches no session state). Returns its Prediction."""
         points, labels, box = self.prompts.arrays()
+        choice = {} if self.candidate is None else {"candidate": self.candidate}
         return predictor.predict(
             points=points,
             point_labels=labels,
             box=box,
             mask_input=self.mask_input,
             plane=None if self.plane.axis is None else self.plane.index,
+            **choice,
         )
 
 
@@ -96,6 +101,8 @@ class _PlaneResult:
     logits: Optional[np.ndarray]   # low-resolution logits of mask, fed back on a correction click
     score: float
     epoch: int
+    candidate: int = 0             # which of the decoder's masks this is
+    candidates: int = 1            # how many it returned (3 for a single click)
 
 
 @dataclass(frozen=True)
@@ -221,6 +228,21 @@ class AnnotationSession:
             mask_input = previous.logits
         return PredictionRequest(plane, prompts, mask_input, self.epoch)
 
+    def next_candidate_request(self, plane: Plane) -> Optional[PredictionRequest]:
+        """The model call that shows the next of ``plane``'s candidate masks (after the last, the
+        first again); None unless the plane's current prediction came with several (a single click)."""
+        result = self._results.get(plane)
+        if result is None or result.candidates < 2 or result.epoch != self.epoch:
+            return None
+        if self._prompts.get(plane) != result.prompts or plane in self._painted:
+            return None
+        return PredictionRequest(plane, result.prompts, None, self.epoch, (result.candidate + 1) % result.candidates)
+
+    def candidate_of(self, plane: Plane) -> Optional[tuple[int, int]]:
+        """(shown, count) of ``plane``'s candidate masks, 1-based; None without a prediction."""
+        result = self._results.get(plane)
+        return None if result is None else (result.candidate + 1, result.candidates)
+
     def requests(self) -> list[PredictionRequest]:
         """Requests for every plane with an object prompt (after a model or window change)."""
         return [r for r in (self.request(p) for p in self.planes_with_prompts()) if r is not None]
@@ -241,8 +263,10 @@ class AnnotationSession:
         if mask.shape != self.plane_shape(plane):
             raise ValueError(f"the model returned a mask of shape {mask.shape} for {plane.describe()} of shape {self.plane_shape(plane)}")
         logits = getattr(prediction, "logits", None)
+        scores = getattr(prediction, "candidate_scores", None)
         self._results[plane] = _PlaneResult(
-            request.prompts, mask, None if logits is None else np.asarray(logits), float(getattr(prediction, "score", 0.0)), request.epoch
+            request.prompts, mask, None if logits is None else np.asarray(logits), float(getattr(prediction, "score", 0.0)),
+            request.epoch, int(getattr(prediction, "index", 0)), 1 if scores is None else max(1, len(scores)),
         )
         self._painted.pop(plane, None)   # the newest edit of a plane wins: a new prediction replaces painting
         self._compose(plane)
