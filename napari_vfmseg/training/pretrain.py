@@ -15,7 +15,9 @@ slices with SAM-style prompts:
 
 Prompts of one step are simulated and decoded in batches (:mod:`.batched`); the synthetic batches
 come from :mod:`.synth_stream`, in ``workers`` processes if asked, seeded by the step number.
-On CUDA the forward pass runs under bf16 autocast.
+On CUDA the forward pass runs under bf16 autocast. With ``train="decoder"`` (``--train decoder``)
+the image encoder is frozen as loaded (weights and BatchNorm statistics) and only the prompt
+encoder and mask decoder learn: a cheap phase for what prompts mean, started with ``--init``.
 
 Every ``checkpoint_every`` steps (and every two minutes, and when ``max_minutes`` is up) the model,
 optimiser and stream position are saved atomically
@@ -53,14 +55,18 @@ __all__ = ["PretrainConfig", "pretrain", "evaluate_synthetic", "images_to_input"
 TRAINABLE = ("all", "decoder")
 
 
+def _check_trainable(train: str) -> None:
+    if train not in TRAINABLE:
+        raise ValueError(f"train must be one of {sorted(TRAINABLE)}, got {train!r}")
+
+
 def trainable_parameters(sam, train: str) -> list[torch.nn.Parameter]:
     """The parameters ``train`` updates; with "decoder" the image encoder is frozen (``requires_grad`` off).
 
     A frozen encoder costs one forward pass per image and nothing per prompt, so a decoder-only run
     spends almost all of its time on what prompts mean (boxes, ambiguous clicks, correction clicks).
     """
-    if train not in TRAINABLE:
-        raise ValueError(f"train must be one of {sorted(TRAINABLE)}, got {train!r}")
+    _check_trainable(train)
     frozen = train == "decoder"
     for parameter in sam.image_encoder.parameters():
         parameter.requires_grad_(not frozen)
@@ -90,8 +96,7 @@ class PretrainConfig:
     train: str = "all"            # "all" weights, or "decoder": prompt encoder + mask decoder on a frozen encoder
 
     def __post_init__(self) -> None:
-        if self.train not in TRAINABLE:
-            raise ValueError(f"train must be one of {sorted(TRAINABLE)}, got {self.train!r}")
+        _check_trainable(self.train)
 
 
 def images_to_input(sam, images: torch.Tensor) -> torch.Tensor:
