@@ -11,9 +11,12 @@ at least 20 pixels, as ``vfmseg evaluate`` chooses them):
   pixel, as ``vfmseg evaluate --prompt point``);
 - ``best_of_three``: Dice of the best of the three masks, which a user reaches with the viewer's
   **M** key (``Segmenter.predict(..., candidate=k)``);
+- ``stability_pick``: Dice of the mask with the best stability score instead (SAM's automatic mask
+  generator's measure: pixels with logit > 1 over pixels with logit > -1, on the low-res logits);
+- ``stability_plus_score_pick``: the mask with the largest predicted IoU + stability score;
 - ``box_then_clicks``: mean Dice after the tight box and after each of ``--clicks`` correction clicks
-  (centre of the largest error, previous logits fed back; no early stop), and how many objects
-  the first click made better or worse by more than 0.005;
+  (centre of the largest error, previous logits fed back, multiplied by ``--feedback-scale``; no
+  early stop), and how many objects the first click made better or worse by more than 0.005;
 - ``negative_first_corrections``: the first correction clicks that are negative (background, the
   box mask spilled over): how many, and their mean Dice for the box alone, box + click with the box's
   logits fed back, and box + click without them (does the click change anything?).
@@ -63,16 +66,26 @@ def _objects(labels: np.ndarray, max_objects: int) -> list[tuple[int, int]]:
     return objects
 
 
-def diagnose(segmenter: Segmenter, labels: np.ndarray, max_objects: int, clicks: int) -> dict:
-    pick, best, curves = [], [], []
+def stability(logits: np.ndarray, offset: float = 1.0) -> float:
+    """SAM's stability score of low-res logits (L, L): area above +offset over area above -offset."""
+    return float((logits > offset).sum() / max(int((logits > -offset).sum()), 1))
+
+
+def diagnose(segmenter: Segmenter, labels: np.ndarray, max_objects: int, clicks: int,
+             feedback_scale: float = 1.0) -> dict:
+    pick, best, stable, stable_scored, curves = [], [], [], [], []
     negative = {"box": [], "box+click+logits": [], "box+click": []}
     for plane, label in _objects(labels, max_objects):
         target = labels[plane] == label
         click = np.array([interior_point(target)], dtype=float)
         chosen = segmenter.predict(points=click, point_labels=[1], plane=plane)
         pick.append(dice(chosen.mask, target))
-        best.append(max(dice(segmenter.predict(points=click, point_labels=[1], plane=plane, candidate=k).mask, target)
-                        for k in range(len(chosen.candidate_scores))))
+        candidates = [dice(segmenter.predict(points=click, point_labels=[1], plane=plane, candidate=k).mask, target)
+                      for k in range(len(chosen.candidate_scores))]
+        best.append(max(candidates))
+        stabilities = np.array([stability(logits) for logits in chosen.candidate_logits])
+        stable.append(candidates[int(np.argmax(stabilities))])
+        stable_scored.append(candidates[int(np.argmax(stabilities + chosen.candidate_scores))])
 
         box = bounding_box(target)
         boxed = segmenter.predict(box=box, plane=plane)
@@ -80,11 +93,13 @@ def diagnose(segmenter: Segmenter, labels: np.ndarray, max_objects: int, clicks:
         if fix is not None and fix.label == 0:
             point = np.array([[fix.row, fix.col]], dtype=float)
             negative["box"].append(dice(boxed.mask, target))
-            for key, logits in (("box+click+logits", boxed.logits), ("box+click", None)):
+            for key, logits in (("box+click+logits", boxed.logits * feedback_scale), ("box+click", None)):
                 corrected = segmenter.predict(box=box, points=point, point_labels=[0], mask_input=logits, plane=plane)
                 negative[key].append(dice(corrected.mask, target))
 
         def predict(points, point_labels, box, mask_input, _plane=plane):
+            if mask_input is not None:
+                mask_input = mask_input * feedback_scale
             result = segmenter.predict(points=points, point_labels=point_labels, box=box, mask_input=mask_input, plane=_plane)
             return result.mask, result.score, result.logits
 
@@ -95,6 +110,8 @@ def diagnose(segmenter: Segmenter, labels: np.ndarray, max_objects: int, clicks:
         "objects": len(pick),
         "pick": round(float(np.mean(pick)), 3),
         "best_of_three": round(float(np.mean(best)), 3),
+        "stability_pick": round(float(np.mean(stable)), 3),
+        "stability_plus_score_pick": round(float(np.mean(stable_scored)), 3),
         "box_then_clicks": [round(float(v), 3) for v in curve.mean(axis=0)],
         "first_click_better": int((curve[:, 1] > curve[:, 0] + 0.005).sum()) if clicks else 0,
         "first_click_worse": int((curve[:, 1] < curve[:, 0] - 0.005).sum()) if clicks else 0,
@@ -109,12 +126,14 @@ def main(argv=None) -> int:
     parser.add_argument("--phantom-seed", type=int, default=None, help="generated phantoms of this seed instead of the samples")
     parser.add_argument("--max-objects", type=int, default=60)
     parser.add_argument("--clicks", type=int, default=5, help="correction clicks after the box")
+    parser.add_argument("--feedback-scale", type=float, default=1.0,
+                        help="multiply the logits fed back with each correction click (1 = as the engine does)")
     args = parser.parse_args(argv)
     model = load_model(args.model)
     for name, volume, labels, modality, spacing in _volumes(args.phantom_seed):
         segmenter = Segmenter(model)
         segmenter.set_volume(volume, axis=0, modality=modality, spacing=spacing)
-        print(json.dumps({"volume": name, "model": model.name, **diagnose(segmenter, labels, args.max_objects, args.clicks)}),
+        print(json.dumps({"volume": name, "model": model.name, "feedback_scale": args.feedback_scale, **diagnose(segmenter, labels, args.max_objects, args.clicks, args.feedback_scale)}),
               flush=True)
     return 0
 
