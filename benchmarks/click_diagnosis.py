@@ -19,7 +19,7 @@ at least 20 pixels, as ``vfmseg evaluate`` chooses them):
   early stop), and how many objects the first click made better or worse by more than 0.005;
 - ``negative_first_corrections``: the first correction clicks that are negative (background, the
   box mask spilled over): how many, and their mean Dice for the box alone, box + click with the box's
-  logits fed back, and box + click without them (does the click change anything?).
+  logits fed back (times ``--feedback-scale``), and box + click without them (does the click change anything?).
 
 Prints one JSON line per volume.
 """
