@@ -214,7 +214,7 @@ class DiskCache:
             return self.entry_bytes(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         temporary = final.parent / f".tmp-{key[:16]}-{uuid.uuid4().hex}"
-        data = np.ascontiguousarray(embedding.features.detach().to("cpu", torch.float32).numpy().astype(np.float16))
+        data = np.ascontiguousarray(embedding.features.detach().to("cpu", torch.float16).numpy())
         attrs = {
             "format": CACHE_FORMAT,
             "key": key,
@@ -224,12 +224,9 @@ class DiskCache:
             "input_size": [int(v) for v in embedding.input_size],
         }
         try:
-            group = zarr.open_group(str(temporary), mode="w")
-            array = group.create_array(
-                "features", shape=data.shape, dtype=data.dtype, chunks=data.shape, compressors=[ZstdCodec(level=1)]
-            )
-            array[...] = data
-            group.attrs.update(attrs)
+            # attributes and data in one go each: every separate attribute update rewrites the metadata
+            group = zarr.open_group(str(temporary), mode="w", attributes=attrs)
+            group.create_array("features", data=data, chunks=data.shape, compressors=[ZstdCodec(level=1)])
             try:
                 os.replace(temporary, final)
             except OSError:
