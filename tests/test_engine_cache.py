@@ -101,6 +101,7 @@ def test_damaged_disk_entry_is_recomputed_never_served(tmp_path, damage):
     first = Segmenter(model, cache_dir=tmp_path)
     reference = first.set_image(image)
     assert first.encoder_calls == 1
+    assert first.flush()  # written on a background thread
     entry = _only_entry(tmp_path)
     chunk = _chunk_file(entry)
     if damage == "truncate chunk":
@@ -123,6 +124,7 @@ def test_damaged_disk_entry_is_recomputed_never_served(tmp_path, damage):
     assert second.encoder_calls == 1 and second.stats.disk_hits == 0
     assert second.disk.corrupt_entries == 1
     torch.testing.assert_close(recomputed.features, reference.features)
+    second.flush()
     third = Segmenter(model, cache_dir=tmp_path)  # the rewritten entry is good again
     third.set_image(image)
     assert third.encoder_calls == 0 and third.stats.disk_hits == 1 and third.disk.corrupt_entries == 0
@@ -135,6 +137,7 @@ def test_memory_then_disk_hits_and_adapter_invalidation(tmp_path):
     segmenter.set_image(image)
     segmenter.set_image(image)
     assert segmenter.encoder_calls == 1 and segmenter.stats.memory_hits == 1
+    segmenter.flush()
 
     fresh = Segmenter(model, cache_dir=tmp_path)
     from_disk = fresh.set_image(image)
@@ -149,6 +152,7 @@ def test_memory_then_disk_hits_and_adapter_invalidation(tmp_path):
     with_adapter = Segmenter(adapted, cache_dir=tmp_path)
     with_adapter.set_image(image)
     assert with_adapter.encoder_calls == 1 and with_adapter.stats.disk_hits == 0
+    with_adapter.flush()
     assert len(list((tmp_path / "embeddings-v1").glob("*/*.zarr"))) == 2
 
 
@@ -185,6 +189,7 @@ def test_new_process_reuses_the_disk_cache_without_encoding(tmp_path):
     first = Segmenter(engine_loaded_model(seed=7), cache_dir=cache_dir)
     first.set_volume(volume, axis=1, window="soft_tissue")
     assert first.embed_planes() == 30
+    assert first.flush()
     expected_mask = first.predict(points=[(2, 10)], plane=5).mask
     env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
@@ -270,5 +275,6 @@ def test_a_failed_disk_write_warns_and_the_prediction_goes_on(tmp_path, monkeypa
     monkeypatch.setattr(segmenter.disk, "put", full_disk)
     with pytest.warns(UserWarning, match="No space left on device"):
         segmenter.set_image(np.zeros((20, 20, 3), dtype=np.uint8))
+        segmenter.flush()  # the write, and its failure, happen on the background thread
     assert segmenter.predict(points=[(5, 5)]).mask.shape == (20, 20)
     assert segmenter.encoder_calls == 1

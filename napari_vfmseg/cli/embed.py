@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
         with tqdm(total=count, unit="plane", desc=f"embedding axis {args.axis}") as bar:
             encoded = segmenter.embed_planes(callback=lambda done, total, plane: bar.update(1))
+    segmenter.flush()  # the last embeddings are still being written
     seconds = time.perf_counter() - started
 
     summary = {

@@ -12,6 +12,9 @@ holding a float16 array ``features`` (C, h, w) (zstd level 1) and attributes wit
 post-processing and the sha256 of the stored float16 bytes. An entry is written to a temporary
 folder beside its final place and renamed, so readers never see half an entry; an entry whose
 checksum or metadata does not match is deleted and reported as a miss, never served.
+``DiskCache.put_later`` writes on a background thread (the engine uses it, so that encoding never
+waits for the disk); until the write has finished, the entry is served from the queue, rounded to
+float16 as the disk would return it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import shutil
 import threading
 import uuid
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,8 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
+
+from napari_vfmseg.engine.background_writes import BackgroundWriter
 
 __all__ = [
     "Embedding",
@@ -170,17 +176,39 @@ class DiskCache:
             raise OSError(f"cannot create the embedding cache folder {self.folder}: {exc}") from exc
         self.corrupt_entries = 0  # entries found damaged, deleted and recomputed
         self._lock = threading.Lock()
+        self._writes = BackgroundWriter(lambda key, embedding: self.put(key, embedding), self._write_failed,
+                                        name="vfmseg-embedding-cache-writes")
 
     def path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.zarr"
 
     def __contains__(self, key: str) -> bool:
-        return self.path(key).is_dir()
+        return self._writes.pending(key) is not None or self.path(key).is_dir()
+
+    def put_later(self, key: str, embedding: Embedding) -> None:
+        """Queue ``embedding`` for :meth:`put` on the background thread; returns at once (unless 8
+        entries already wait, then when one is written). A failed write warns and is dropped."""
+        self._writes.submit(key, embedding)
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every queued entry is on disk; False if ``timeout`` seconds ran out first."""
+        return self._writes.flush(timeout)
+
+    @property
+    def queued(self) -> int:
+        """Entries waiting to be written."""
+        return len(self._writes)
+
+    def _write_failed(self, key: str, error: BaseException) -> None:
+        warnings.warn(f"could not write embedding {key[:12]} to the cache in {self.folder}: {error}", stacklevel=2)
 
     def get(self, key: str) -> Optional[Embedding]:
         """The stored embedding as float32, or None when absent or damaged (a damaged entry is deleted)."""
         import zarr
 
+        queued = self._writes.pending(key)
+        if queued is not None:  # not on disk yet: what the disk will return
+            return Embedding(queued.features.to(torch.float16).to(torch.float32), queued.original_size, queued.input_size)
         path = self.path(key)
         if not path.is_dir():
             return None

@@ -359,7 +359,7 @@ class Segmenter:
                 for (item, pending), embedding in zip(to_encode, embeddings):
                     self.memory.put(item.key, embedding)
                     if self.disk is not None:
-                        self._store_on_disk(item.key, embedding)
+                        self.disk.put_later(item.key, embedding)
                     results[item.key] = embedding
                     self._finish(item.key, pending, embedding, None)
                     del unfinished[item.key]
@@ -376,13 +376,6 @@ class Segmenter:
             else:
                 results[item.key] = pending.result
         return [results[item.key] for item in items]
-
-    def _store_on_disk(self, key: str, embedding: Embedding) -> None:
-        """Write to the disk cache; a failed write (disk full, read-only folder) warns and goes on."""
-        try:
-            self.disk.put(key, embedding)
-        except OSError as exc:
-            warnings.warn(f"could not write embedding {key[:12]} to the cache in {self.disk.folder}: {exc}", stacklevel=3)
 
     def _encode(self, items: Sequence[_Item]) -> list[Embedding]:
         with self._encoder_lock:
@@ -463,11 +456,17 @@ class Segmenter:
         if self._prefetch is not None:
             self._prefetch.cancel()
 
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the embeddings computed so far are in the disk cache (they are written on a
+        background thread); False if ``timeout`` seconds ran out first. True at once without one."""
+        return self.disk.flush(timeout) if self.disk is not None else True
+
     def close(self) -> None:
-        """Cancel background work and wait for it to stop."""
+        """Cancel background work, wait for it to stop and for the disk cache writes to finish."""
         if self._prefetch is not None:
             self._prefetch.cancel()
             self._prefetch.join()
+        self.flush()
 
     # ------------------------------------------------------------------------------------ prediction
 
