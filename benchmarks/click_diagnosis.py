@@ -14,6 +14,8 @@ at least 20 pixels, as ``vfmseg evaluate`` chooses them):
 - ``stability_pick``: Dice of the mask with the best stability score instead (SAM's automatic mask
   generator's measure: pixels with logit > 1 over pixels with logit > -1, on the low-res logits);
 - ``stability_plus_score_pick``: the mask with the largest predicted IoU + stability score;
+- ``box`` and ``box_best_of_four``: Dice of a box's own mask, and of the best of the four masks a
+  box alone returns (its own, then the three multimask masks), which a user reaches with **M**;
 - ``box_then_clicks``: mean Dice after the tight box and after each of ``--clicks`` correction clicks
   (centre of the largest error, previous logits fed back, multiplied by ``--feedback-scale``; no
   early stop), and how many objects the first click made better or worse by more than 0.005;
@@ -73,7 +75,7 @@ def stability(logits: np.ndarray, offset: float = 1.0) -> float:
 
 def diagnose(segmenter: Segmenter, labels: np.ndarray, max_objects: int, clicks: int,
              feedback_scale: float = 1.0) -> dict:
-    pick, best, stable, stable_scored, curves = [], [], [], [], []
+    pick, best, stable, stable_scored, boxed_own, boxed_best, curves = [], [], [], [], [], [], []
     negative = {"box": [], "box+click+logits": [], "box+click": []}
     for plane, label in _objects(labels, max_objects):
         target = labels[plane] == label
@@ -89,6 +91,9 @@ def diagnose(segmenter: Segmenter, labels: np.ndarray, max_objects: int, clicks:
 
         box = bounding_box(target)
         boxed = segmenter.predict(box=box, plane=plane)
+        boxed_own.append(dice(boxed.mask, target))
+        boxed_best.append(max(dice(segmenter.predict(box=box, plane=plane, candidate=k).mask, target)
+                              for k in range(len(boxed.candidate_scores))))
         fix = correction_click(boxed.mask, target)
         if fix is not None and fix.label == 0:
             point = np.array([[fix.row, fix.col]], dtype=float)
@@ -112,6 +117,8 @@ def diagnose(segmenter: Segmenter, labels: np.ndarray, max_objects: int, clicks:
         "best_of_three": round(float(np.mean(best)), 3),
         "stability_pick": round(float(np.mean(stable)), 3),
         "stability_plus_score_pick": round(float(np.mean(stable_scored)), 3),
+        "box": round(float(np.mean(boxed_own)), 3),
+        "box_best_of_four": round(float(np.mean(boxed_best)), 3),
         "box_then_clicks": [round(float(v), 3) for v in curve.mean(axis=0)],
         "first_click_better": int((curve[:, 1] > curve[:, 0] + 0.005).sum()) if clicks else 0,
         "first_click_worse": int((curve[:, 1] < curve[:, 0] - 0.005).sum()) if clicks else 0,

@@ -52,6 +52,18 @@ def upstream_call(predictor, points=None, labels=None, box=None, mask_input=None
     return masks, scores, low, masks_logits
 
 
+def upstream_candidates(predictor, prompt: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (k,), low-res logits (k, L, L)) of every mask ``Segmenter.predict`` returns by default
+    for ``prompt``: a box alone gives its own mask, then the three multimask masks."""
+    single_point = "box" not in prompt and len(prompt["points"]) == 1
+    _, scores, low, _ = upstream_call(predictor, prompt.get("points"), prompt.get("labels"), prompt.get("box"),
+                                      multimask=single_point)
+    if "box" in prompt and "points" not in prompt:
+        _, more_scores, more_low, _ = upstream_call(predictor, None, None, prompt["box"], multimask=True)
+        scores, low = np.concatenate([scores, more_scores]), np.concatenate([low, more_low])
+    return scores, low
+
+
 # --------------------------------------------------------------------------------------------- geometry
 
 
@@ -209,7 +221,9 @@ def test_tiny_model_matches_sam_predictor(name, accelerate, shape):
     assert 0.001 < masks[best].mean() < 0.999  # a mask with both classes, so agreement means something
     assert (ours.mask == masks[best]).mean() >= 0.999
     assert abs(ours.score - scores[best]) < 1e-4
-    np.testing.assert_allclose(ours.candidate_logits, low, atol=1e-4)
+    all_scores, all_low = upstream_candidates(predictor, prompt)
+    np.testing.assert_allclose(ours.candidate_logits, all_low, atol=1e-4)
+    np.testing.assert_allclose(ours.candidate_scores, all_scores, atol=1e-4)
 
     # correction click: feed the previous low-res logits back
     again = segmenter.predict(points=prompt.get("points"), point_labels=prompt.get("labels"), box=prompt.get("box"), mask_input=ours.logits)
@@ -265,7 +279,9 @@ def test_vit_b_masks_and_scores_match_sam_predictor(vit_b_pair, index):
     assert ours.index == best
     assert abs(ours.score - scores[best]) < 1e-4
     # The logits can be compared whatever the masks look like, so this part always has teeth.
-    np.testing.assert_allclose(ours.candidate_logits, low, atol=2e-3)
+    all_scores, all_low = upstream_candidates(predictor, prompt)
+    np.testing.assert_allclose(ours.candidate_logits, all_low, atol=2e-3)
+    np.testing.assert_allclose(ours.candidate_scores, all_scores, atol=1e-4)
     fraction = masks[best].mean()
     if 0.001 < fraction < 0.999:
         assert (ours.mask == masks[best]).mean() >= 0.999

@@ -65,8 +65,37 @@ def test_candidate_chooses_another_reading_of_a_single_click(model):
     with pytest.raises(ValueError, match="candidate 3 does not exist: this prompt gives 3 mask"):
         segmenter.predict(points=[(30, 40)], candidate=3)
     with pytest.raises(ValueError, match="candidate 1 does not exist: this prompt gives 1 mask"):
-        segmenter.predict(box=(10, 10, 40, 50), candidate=1)  # a box is not ambiguous: one mask
-    assert segmenter.predict(box=(10, 10, 40, 50), candidate=0).index == 0
+        segmenter.predict(points=[(30, 40), (10, 10)], point_labels=[1, 0], candidate=1)  # two points: one mask
+    assert segmenter.predict(points=[(30, 40), (10, 10)], point_labels=[1, 0], candidate=0).index == 0
+
+
+def test_a_box_alone_keeps_its_mask_and_offers_the_multimask_masks_as_alternatives(model):
+    image = np.random.default_rng(3).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    segmenter = Segmenter(model)
+    segmenter.set_image(image)
+    box = segmenter.predict(box=(10, 10, 40, 50))
+    assert box.index == 0 and box.multimask is False and box.candidate_scores.shape == (4,)
+    single = segmenter.predict(box=(10, 10, 40, 50), multimask=False)  # what a box gave before: unchanged
+    np.testing.assert_array_equal(box.mask, single.mask)
+    assert box.score == pytest.approx(single.score) and single.candidate_scores.shape == (1,)
+    np.testing.assert_allclose(box.candidate_logits[0], single.logits, atol=1e-5)
+    forced = segmenter.predict(box=(10, 10, 40, 50), multimask=True)
+    np.testing.assert_allclose(box.candidate_logits[1:], forced.candidate_logits, atol=1e-5)
+    np.testing.assert_allclose(box.candidate_scores[1:], forced.candidate_scores, atol=1e-6)
+    geometry = Geometry.for_shape(60, 80, 256)
+    for k in range(4):
+        chosen = segmenter.predict(box=(10, 10, 40, 50), candidate=k)
+        assert chosen.index == k and chosen.score == pytest.approx(float(box.candidate_scores[k]))
+        expected = upscale_logits(torch.as_tensor(box.candidate_logits[k][None, None]), geometry)[0, 0].numpy() > 0
+        np.testing.assert_array_equal(chosen.mask, expected)
+    with pytest.raises(ValueError, match="candidate 4 does not exist: this prompt gives 4 mask"):
+        segmenter.predict(box=(10, 10, 40, 50), candidate=4)
+    assert segmenter.predict(box=(10, 10, 40, 50), points=[(20, 30)]).candidate_scores.shape == (1,)
+    upstream = Segmenter(model, accelerate="none")  # segment-anything's own decoder, called per output kind
+    upstream.set_image(image)
+    reference = upstream.predict(box=(10, 10, 40, 50))
+    np.testing.assert_allclose(reference.candidate_logits, box.candidate_logits, atol=1e-4)
+    np.testing.assert_allclose(reference.candidate_scores, box.candidate_scores, atol=1e-5)
 
 
 def test_several_prompts_give_one_mask_and_multimask_overrides(model):

@@ -153,10 +153,31 @@ def test_next_mask_shows_the_other_readings_of_a_single_click(annotator, model, 
         np.testing.assert_array_equal(widget.session.preview[5].astype(bool), expected.mask)
         assert f"mask {k + 1} of 3" in widget.preview_label.text()
     assert "m" in [key for key, _ in widget._key_actions(toggle=False)]
-    widget.add_box((12.0, 8.0, 40.0, 38.0))  # a box makes the prompt unambiguous: one mask, nothing to step through
+    widget.add_box((12.0, 8.0, 40.0, 38.0))  # a box with the click is unambiguous: one mask, nothing to step through
     _settle(widget, qtbot)
     assert not widget.next_mask() and not widget.next_mask_button.isEnabled()
     assert any("no other mask to show" in m for m in _messages("info"))
+
+
+def test_next_mask_steps_from_a_box_s_own_mask_through_its_alternatives(annotator, model, volume, qtbot):
+    viewer, widget = annotator
+    image, _ = volume
+    reference = _reference(model, image)
+    box = (12.0, 8.0, 40.0, 38.0)
+    widget.add_box(box)
+    _settle(widget, qtbot)
+    plane = Plane(0, 5)
+    own = reference.predict(box=box, plane=5)
+    assert own.index == 0 and own.candidate_scores.shape == (4,)
+    assert len({reference.predict(box=box, plane=5, candidate=k).mask.tobytes() for k in range(4)}) >= 2
+    np.testing.assert_array_equal(widget.session.mask(plane), own.mask)  # the box's own mask comes first
+    assert "mask 1 of 4" in widget.preview_label.text() and widget.next_mask_button.isEnabled()
+    for step in (1, 2, 3, 4):
+        assert widget.next_mask()
+        _settle(widget, qtbot)
+        expected = reference.predict(box=box, plane=5, candidate=step % 4)
+        np.testing.assert_array_equal(widget.session.mask(plane), expected.mask)
+        assert f"mask {step % 4 + 1} of 4" in widget.preview_label.text()
 
 
 def _canvas_click(viewer, layer_coords, modifier=Qt.NoModifier):

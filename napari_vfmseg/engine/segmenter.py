@@ -48,8 +48,9 @@ class Prediction:
     ``mask``: bool (rows, cols) on the slice grid. ``score``: the model's predicted IoU of ``mask``.
     ``logits``: float32 (L, L) low-resolution logits of ``mask`` (L=256 for SAM) — pass them as
     ``mask_input`` with a correction click. ``candidate_scores`` (k,) and ``candidate_logits``
-    (k, L, L): every mask the decoder returned (k=3 for multimask output, 1 otherwise); ``index``
-    is the one chosen. ``np.asarray(prediction)`` gives ``mask``.
+    (k, L, L): every mask the decoder returned (k=3 for multimask output; 4 for a box alone: its
+    own mask first, then the three multimask masks as alternatives; 1 otherwise); ``index`` is the
+    one chosen. ``np.asarray(prediction)`` gives ``mask``.
     """
 
     mask: np.ndarray
@@ -509,10 +510,13 @@ class Segmenter:
         ``box``: (row0, col0, row1, col1). ``mask_input``: low-res logits (L, L) or (1, L, L), e.g. a
         previous ``Prediction.logits``. ``multimask``: None chooses as SAM's authors recommend — one
         point alone (no box, no mask) is ambiguous, so the decoder's three masks are computed and the
-        best-scoring one returned; anything else gives one mask. ``candidate``: with multimask output,
-        return that one of the masks (0-based, in the decoder's order) instead of the best-scoring
-        one — how a user steps through the other readings of an ambiguous click. Raises ValueError for
-        a prompt outside the image or a candidate the decoder did not return.
+        best-scoring one returned; a box alone returns its single mask, with the three multimask
+        masks of the same decoder call as alternatives (a box around a ring or a hollow organ may mean
+        the ring or all it encloses); anything else gives one mask. True or False forces three masks
+        or one. ``candidate``: return that one of the masks (0-based, in ``candidate_scores`` order)
+        instead of the default one — how a user steps through the other readings of an ambiguous
+        prompt. Raises ValueError for a prompt outside the image or a candidate the decoder did not
+        return.
         """
         if points is None and box is None and mask_input is None:
             raise ValueError("predict needs at least one prompt: points, box or mask_input")
@@ -528,14 +532,18 @@ class Segmenter:
         mask_tensor = None
         if mask_input is not None:
             mask_tensor = self._mask_tensor(mask_input)
+        box_alone = box_xy is not None and coords is None and mask_tensor is None
         if multimask is None:
             multimask = coords is not None and len(coords) == 1 and box_xy is None and mask_tensor is None
+            outputs = [1, 2, 3] if multimask else [0, 1, 2, 3] if box_alone else [0]
+        else:
+            outputs = [1, 2, 3] if multimask else [0]
 
         embedding = self._obtain([item])[0]
         if self._volume is not None:
             self.current_plane = plane if plane is not None else self.current_plane
         with torch.inference_mode():
-            low_res, scores = self._decode(item.key, embedding, coords, labels, box_xy, mask_tensor, multimask)
+            low_res, scores = self._decode(item.key, embedding, coords, labels, box_xy, mask_tensor, outputs)
             index = int(torch.argmax(scores[0]).item()) if multimask else 0
             if candidate is not None:
                 count = int(scores.shape[1])
@@ -568,8 +576,9 @@ class Segmenter:
             )
         return torch.as_tensor(array, device=self.device)[None, None]
 
-    def _decode(self, key, embedding, coords, labels, box_xy, mask_tensor, multimask):
-        """Prompt encoder + mask decoder → low-res logits (1, k, L, L) and scores (1, k)."""
+    def _decode(self, key, embedding, coords, labels, box_xy, mask_tensor, outputs: list[int]):
+        """Prompt encoder + mask decoder → low-res logits (1, k, L, L) and scores (1, k) of the
+        decoder's mask tokens ``outputs`` (0 = the single-mask output, 1–3 = the multimask outputs)."""
         device = self.device
         points = None
         if coords is not None:
@@ -579,17 +588,20 @@ class Segmenter:
             )
         boxes = torch.as_tensor(box_xy, dtype=torch.float, device=device)[None] if box_xy is not None else None
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=mask_tensor)
+        outputs = [i for i in outputs if i < self.sam.mask_decoder.num_mask_tokens]
         if self._decoder is not None and self._decoder.usable:
             context = self._context(key, embedding)
-            outputs = [1, 2, 3] if multimask else [0]
-            outputs = [i for i in outputs if i < self.sam.mask_decoder.num_mask_tokens]
             low_res, iou = self._decoder(context, sparse, dense if mask_tensor is not None else None, outputs)
             return low_res, iou[:, outputs]
         features = embedding.features.to(device)[None]
-        return self.sam.mask_decoder(
-            image_embeddings=features,
-            image_pe=self.sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-        )
+        parts = [
+            self.sam.mask_decoder(
+                image_embeddings=features,
+                image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+            for multimask in ([False] if 0 in outputs else []) + ([True] if max(outputs) > 0 else [])
+        ]
+        return torch.cat([low for low, _ in parts], dim=1), torch.cat([iou for _, iou in parts], dim=1)

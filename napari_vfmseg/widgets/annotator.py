@@ -679,12 +679,13 @@ class AnnotatorWidget(QWidget):
         self.prompts.add_box(self._require_plane(plane), box)
 
     def next_mask(self, plane: Optional[Plane] = None) -> bool:
-        """Show the next of the model's masks for the single click on ``plane`` (default: the plane on
-        screen). False, with a note in the status bar, when that plane has no such choice."""
+        """Show the next of the model's masks for the single click or the box alone on ``plane``
+        (default: the plane on screen). False, with a note in the status bar, when that plane has no
+        such choice."""
         plane = plane or self.current_plane()
         session = self.session
         if plane is None or session is None or session.next_candidate_request(plane) is None:
-            self._notify("info", "no other mask to show: only a single click (no box, no second point) has several")
+            self._notify("info", "no other mask to show: only a single click or a box alone (no other prompt) has several")
             return False
         self.engine.request(plane, next_candidate=True)
         return True
