@@ -12,7 +12,6 @@ slice, pixel centres at integer coordinates.
 from __future__ import annotations
 
 import threading
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
@@ -532,9 +531,9 @@ class Segmenter:
         mask_tensor = None
         if mask_input is not None:
             mask_tensor = self._mask_tensor(mask_input)
-        box_alone = box_xy is not None and coords is None and mask_tensor is None
         if multimask is None:
             multimask = coords is not None and len(coords) == 1 and box_xy is None and mask_tensor is None
+            box_alone = box_xy is not None and coords is None and mask_tensor is None
             outputs = [1, 2, 3] if multimask else [0, 1, 2, 3] if box_alone else [0]
         else:
             outputs = [1, 2, 3] if multimask else [0]
