@@ -278,3 +278,19 @@ def test_a_failed_disk_write_warns_and_the_prediction_goes_on(tmp_path, monkeypa
         segmenter.flush()  # the write, and its failure, happen on the background thread
     assert segmenter.predict(points=[(5, 5)]).mask.shape == (20, 20)
     assert segmenter.encoder_calls == 1
+
+
+def test_a_miss_does_not_import_zarr(tmp_path):
+    """The first click of a session on a new folder goes straight to the encoder: importing zarr
+    (about a quarter of a second) is left to the writer thread."""
+    script = (
+        "import sys\n"
+        "from napari_vfmseg.engine import DiskCache\n"
+        f"cache = DiskCache({str(tmp_path)!r})\n"
+        "assert cache.get('0' * 64) is None and '0' * 64 not in cache\n"
+        "print('zarr' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -204,14 +204,14 @@ class DiskCache:
 
     def get(self, key: str) -> Optional[Embedding]:
         """The stored embedding as float32, or None when absent or damaged (a damaged entry is deleted)."""
-        import zarr
-
         queued = self._writes.pending(key)
         if queued is not None:  # not on disk yet: what the disk will return
             return Embedding(queued.features.to(torch.float16).to(torch.float32), queued.original_size, queued.input_size)
         path = self.path(key)
         if not path.is_dir():
-            return None
+            return None  # a miss: no zarr import (a quarter of a second) on the way to the encoder
+        import zarr
+
         try:
             group = zarr.open_group(str(path), mode="r")
             attrs = dict(group.attrs)
