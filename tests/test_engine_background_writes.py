@@ -157,3 +157,26 @@ def test_queued_writes_land_before_the_process_exits(tmp_path, close):
         assert printed[1] == "0"
     assert len(list((tmp_path / "embeddings-v1").glob("*/*.zarr"))) == 3
     assert not list((tmp_path / "embeddings-v1").glob("*/.tmp-*"))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() exists on POSIX only")
+def test_a_forked_child_neither_writes_nor_waits_for_the_parent_s_queue():
+    import multiprocessing
+
+    writer, gate, done = _gated_writer()
+    writer.submit("a", 1)
+    writer.submit("b", 2)
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+
+    def child():
+        answers.put((len(writer), writer.flush(timeout=1.0)))
+
+    process = context.Process(target=child)
+    process.start()
+    process.join(timeout=30)
+    assert process.exitcode == 0  # it ended at once: its exit did not wait on a queue no thread drains
+    assert answers.get(timeout=5) == (0, True)
+    assert len(writer) == 2  # the parent's queue is untouched
+    gate.set()
+    assert writer.flush(timeout=10) and [key for key, _ in done] == ["a", "b"]

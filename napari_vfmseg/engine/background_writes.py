@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures.thread  # noqa: F401 - its exit hook must be registered before ours (see below)
+import os
 import threading
 import warnings
 import weakref
@@ -29,6 +30,17 @@ def _flush_all() -> None:
 # run last-registered first, so ours runs before that of concurrent.futures (imported above), and
 # all of them before atexit's. Fall back to atexit where this private hook does not exist.
 getattr(threading, "_register_atexit", atexit.register)(_flush_all)
+
+
+def _forget_in_child() -> None:
+    """A forked child (a DataLoader worker, say) has no writer thread and must not wait for one at
+    its exit: its copies of the queues are dropped; the parent writes those items."""
+    for writer in list(_LIVE):
+        writer._forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 def _warn(key: str, error: BaseException) -> None:
     warnings.warn(f"could not write {key}: {error}", stacklevel=2)
@@ -88,6 +100,11 @@ class BackgroundWriter:
             raise RuntimeError("flush() called from the writer thread itself")
         with self._cond:
             return self._cond.wait_for(lambda: not self._queue, timeout)
+
+    def _forget(self) -> None:
+        self._cond = threading.Condition()  # the parent's lock may have been held at the fork
+        self._queue = OrderedDict()
+        self._thread = None
 
     def _run(self) -> None:
         while True:
