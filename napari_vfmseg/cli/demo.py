@@ -235,7 +235,7 @@ def _coronal_screenshot(viewer, path: Path) -> Path:
     from napari_vfmseg._screenshot import save_screenshot
 
     order = viewer.dims.order
-    viewer.dims.order = (1, 0, 2)
+    viewer.dims.order = (1, 0, 2)   # the annotator turns the camera head-up itself
     viewer.reset_view()
     try:
         return save_screenshot(viewer, path)
@@ -308,6 +308,7 @@ def _populate(viewer, sample: str) -> dict:
 def _screenshots(viewer, out: Path) -> list[Path]:
     """Axial and coronal views at the middle of the volume (the coronal one shows the mm aspect)."""
     from napari_vfmseg._screenshot import save_screenshot
+    from napari_vfmseg.widgets.view_orientation import show_head_up
 
     shots = []
     if viewer.dims.ndim < 3:
@@ -317,9 +318,11 @@ def _screenshots(viewer, out: Path) -> list[Path]:
     viewer.reset_view()
     shots.append(save_screenshot(viewer, out / "demo_axial.png"))
     viewer.dims.order = (1, 0, 2)
+    show_head_up(viewer)   # no annotator yet: turn the camera as it would
     viewer.reset_view()
     shots.append(save_screenshot(viewer, out / "demo_coronal.png"))
     viewer.dims.order = (0, 1, 2)
+    show_head_up(viewer)
     viewer.reset_view()
     return shots
 

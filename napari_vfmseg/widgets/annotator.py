@@ -55,6 +55,7 @@ from napari_vfmseg.widgets.prompt_layers import (
     placement_kwargs,
 )
 from napari_vfmseg.widgets.session import AnnotationSession, ExportResult
+from napari_vfmseg.widgets.view_orientation import show_head_up
 from napari_vfmseg.widgets.workers import run_in_background
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -388,6 +389,7 @@ class AnnotatorWidget(QWidget):
             self._bind_layer_keys(prompt_layer, toggle=prompt_layer is self.prompts.points)
         self.prompts.points.mouse_drag_callbacks.insert(0, self._shift_click)
         self._prompt_axis = None if len(shape) == 2 else (self._display_axis() or 0)
+        show_head_up(self.viewer, layer)
         self.window_combo.setEnabled(not layer.rgb)
         self._refresh_image_choices()
         self._after_objects_changed()
@@ -596,6 +598,7 @@ class AnnotatorWidget(QWidget):
     def _on_axes_changed(self, event=None) -> None:
         if self.session is None or self.session.ndim != 3:
             return
+        show_head_up(self.viewer, self.image_layer)
         axis = self._display_axis()
         if axis is None or axis == self._prompt_axis:
             self._update_status()
