@@ -42,6 +42,7 @@ def _forget_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_in_child)
 
+
 def _warn(key: str, error: BaseException) -> None:
     warnings.warn(f"could not write {key}: {error}", stacklevel=2)
 
