@@ -127,7 +127,13 @@ class PromptLayers:
         return bool(self.points.feature_defaults[POSITIVE].iloc[0])
 
     def set_positive(self, positive: bool) -> None:
-        """New clicks become object (True) or background (False) points."""
+        """New clicks become object (True) or background (False) points.
+
+        Points already placed keep their kind: napari would recolour the selected points (and fail
+        on a selection left over from points that were removed), so the selection is dropped first.
+        It is not restored: selecting a point makes napari take its kind as the default again.
+        """
+        self.points.selected_data = set()
         self.points.feature_defaults[POSITIVE] = bool(positive)
         self.points.current_face_color = POSITIVE_COLOUR if positive else NEGATIVE_COLOUR
 
@@ -234,6 +240,7 @@ class PromptLayers:
                 corners = [(r0, c0), (r0, c1), (r1, c1), (r1, c0)]
                 rectangles.append(np.asarray([self._full(axis, plane.index, rows, cols, r, c) for r, c in corners]))
         with self.muted():
+            self.points.selected_data = set()
             self.points.data = self._from_image(self.points, np.asarray(coords, dtype=float).reshape(-1, ndim))
             self.points.features = {POSITIVE: np.asarray(polarity, dtype=bool)}
             self.boxes.data = []
@@ -269,6 +276,7 @@ class PromptLayers:
 
     def clear(self) -> None:
         with self.muted():
+            self.points.selected_data = set()   # napari keeps a selection of points that no longer exist
             self.points.data = np.zeros((0, len(self.shape)))
             self.points.features = {POSITIVE: np.zeros(0, dtype=bool)}
             self.boxes.data = []
