@@ -439,3 +439,59 @@ def test_widget_opens_from_the_plugin_manifest(make_napari_viewer, qtbot, model,
         assert record.voxels == (viewer.layers["mr objects"].data > 0).sum()
     finally:
         widget.shutdown()
+
+
+def test_a_click_the_model_ignores_gets_a_hint_under_the_preview(annotator, model, volume, qtbot):
+    from napari_vfmseg.widgets.annotator import IGNORED_CLICK_HINT
+
+    viewer, widget = annotator
+    image, _ = volume
+    reference = _reference(model, image)
+    box = (12.0, 8.0, 40.0, 38.0)
+    boxed = reference.predict(box=box, plane=5)
+    followed = ignored = None
+    for row, col in zip(*np.nonzero(boxed.mask)):   # background clicks inside the box's mask
+        point = (float(row), float(col))
+        corrected = reference.predict(box=box, points=[point], point_labels=[0], mask_input=boxed.logits, plane=5)
+        if corrected.mask[row, col] and ignored is None:
+            ignored = point
+        if not corrected.mask[row, col] and followed is None:
+            followed = point
+        if ignored is not None and followed is not None:
+            break
+    assert ignored is not None and followed is not None  # this tiny model ignores some clicks and follows others
+
+    widget.add_box(box)
+    _settle(widget, qtbot)
+    assert IGNORED_CLICK_HINT not in widget.preview_label.text()
+    widget.add_point(ignored, positive=False)
+    _settle(widget, qtbot)
+    assert widget.session.mask(Plane(0, 5))[int(ignored[0]), int(ignored[1])]
+    assert IGNORED_CLICK_HINT in widget.preview_label.text()
+    widget.clear_prompts()
+    _settle(widget, qtbot)
+    widget.add_box(box)
+    _settle(widget, qtbot)
+    widget.add_point(followed, positive=False)
+    _settle(widget, qtbot)
+    assert not widget.session.mask(Plane(0, 5))[int(followed[0]), int(followed[1])]
+    assert "preview:" in widget.preview_label.text() and IGNORED_CLICK_HINT not in widget.preview_label.text()
+
+
+def test_switching_to_background_after_esc_keeps_working(annotator, qtbot):
+    """napari keeps a selection of points that were removed; changing the kind of new points must not
+    trip over it (it raised IndexError after Esc), and points already placed keep their kind."""
+    viewer, widget = annotator
+    widget.add_point((30.0, 20.0))
+    _settle(widget, qtbot)
+    widget.prompts.points.selected_data = {0}   # as after a click in napari's select mode
+    widget.toggle_polarity()                     # background now: the placed point stays an object point
+    assert widget.prompts.point_polarity().tolist() == [True]
+    assert widget.session.prompts(Plane(0, 5)).labels == (1,)
+    widget.clear_prompts()
+    _settle(widget, qtbot)
+    widget.toggle_polarity()
+    widget.toggle_polarity()
+    widget.add_point((25.0, 25.0), positive=False)
+    _settle(widget, qtbot)
+    assert widget.session.prompts(Plane(0, 5)).labels == (0,)

@@ -290,3 +290,25 @@ def test_default_model_policy(monkeypatch):
     assert model_choice.default_model_name() == "vit_b"
     fake([("mobilesam_vit_t", False), ("vit_b", False)])
     assert model_choice.default_model_name() is None
+
+
+def test_last_click_ignored_compares_the_newest_point_with_the_mask():
+    session = AnnotationSession((6, 20, 30), GEOMETRY)
+    plane = Plane(0, 2)
+    assert not session.last_click_ignored(plane)  # no prediction yet
+    mask = _disk((20, 30), (10, 15), 5)
+    cases = [
+        ([(10, 15)], [1], False),                 # object click inside the mask: followed
+        ([(10, 15), (11, 16)], [1, 0], True),     # background click still inside: ignored
+        ([(10, 15), (2, 2)], [1, 0], False),      # background click outside: followed
+        ([(2, 2), (10, 15)], [0, 1], False),      # only the newest point counts
+        ([(10, 15), (18, 28)], [1, 1], True),     # object click left outside: ignored
+        ([(10, 15), (19.6, 29.7)], [1, 1], True),  # on the last pixel (rounded and clipped to the plane)
+    ]
+    for points, labels, ignored in cases:
+        session.set_axis_prompts(0, {2: PlanePrompts.build(points, labels, (1, 1, 19, 29))})
+        assert session.accept(session.request(plane), _prediction(mask))
+        assert session.last_click_ignored(plane) is ignored, (points, labels)
+    session.set_axis_prompts(0, {2: PlanePrompts.build(box=(1, 1, 19, 29))})
+    assert session.accept(session.request(plane), _prediction(mask))
+    assert not session.last_click_ignored(plane)  # a box alone: no click to judge

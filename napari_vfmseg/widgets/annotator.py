@@ -58,6 +58,11 @@ from napari_vfmseg.widgets.session import AnnotationSession, ExportResult
 from napari_vfmseg.widgets.view_orientation import show_head_up
 from napari_vfmseg.widgets.workers import run_in_background
 
+# Shown under the preview when the model's mask contradicts the click just made (about half of the
+# built-in model's first background clicks after a box on the CT phantom): say what works instead.
+IGNORED_CLICK_HINT = ("the model did not follow your last click: correct the preview with napari's brush (2) "
+                      "or eraser (1) on the preview layer, then commit")
+
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
@@ -668,7 +673,9 @@ class AnnotatorWidget(QWidget):
         self.preview_layer.refresh()
         shown = self.session.candidate_of(plane) if self.session is not None else None
         which = f" · mask {shown[0]} of {shown[1]} (M: next)" if shown is not None and shown[1] > 1 else ""
-        self.preview_label.setText(f"preview: {plane.describe()} · score {prediction.score:.2f}{which} · {milliseconds:.0f} ms")
+        ignored = self.session is not None and self.session.last_click_ignored(plane)
+        hint = f"\n{IGNORED_CLICK_HINT}" if ignored else ""
+        self.preview_label.setText(f"preview: {plane.describe()} · score {prediction.score:.2f}{which} · {milliseconds:.0f} ms{hint}")
         self.preview_changed.emit(plane)
         self._update_buttons()
         self._update_status()

@@ -277,6 +277,18 @@ class AnnotationSession:
         result = self._results.get(plane)
         return None if result is None else result.mask
 
+    def last_click_ignored(self, plane: Plane) -> bool:
+        """True when ``plane``'s predicted mask contradicts its most recent point: a background point
+        inside the mask, or an object point outside it (the model did not follow that click)."""
+        result = self._results.get(plane)
+        prompts = result.prompts if result is not None else None
+        if prompts is None or not prompts.points:
+            return False
+        rows, cols = result.mask.shape
+        row, col = prompts.points[-1]
+        inside = bool(result.mask[min(max(int(round(row)), 0), rows - 1), min(max(int(round(col)), 0), cols - 1)])
+        return inside != bool(prompts.labels[-1])
+
     def score(self, plane: Plane) -> Optional[float]:
         result = self._results.get(plane)
         return None if result is None else result.score
