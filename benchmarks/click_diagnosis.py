@@ -21,7 +21,8 @@ at least 20 pixels, as ``vfmseg evaluate`` chooses them):
   early stop), and how many objects the first click made better or worse by more than 0.005;
 - ``negative_first_corrections``: the first correction clicks that are negative (background, the
   box mask spilled over): how many, and their mean Dice for the box alone, box + click with the box's
-  logits fed back (times ``--feedback-scale``), and box + click without them (does the click change anything?).
+  logits fed back (times ``--feedback-scale``), and box + click without them (does the click change anything?);
+  ``ignored``: how many of them leave the clicked pixel inside the corrected mask.
 
 Prints one JSON line per volume.
 """
@@ -77,6 +78,7 @@ def diagnose(segmenter: Segmenter, labels: np.ndarray, max_objects: int, clicks:
              feedback_scale: float = 1.0) -> dict:
     pick, best, stable, stable_scored, boxed_own, boxed_best, curves = [], [], [], [], [], [], []
     negative = {"box": [], "box+click+logits": [], "box+click": []}
+    ignored = 0  # negative first corrections whose pixel the corrected mask (logits fed back) still covers
     for plane, label in _objects(labels, max_objects):
         target = labels[plane] == label
         click = np.array([interior_point(target)], dtype=float)
@@ -101,6 +103,8 @@ def diagnose(segmenter: Segmenter, labels: np.ndarray, max_objects: int, clicks:
             for key, logits in (("box+click+logits", boxed.logits * feedback_scale), ("box+click", None)):
                 corrected = segmenter.predict(box=box, points=point, point_labels=[0], mask_input=logits, plane=plane)
                 negative[key].append(dice(corrected.mask, target))
+                if key == "box+click+logits":
+                    ignored += int(corrected.mask[fix.row, fix.col])
 
         def predict(points, point_labels, box, mask_input, _plane=plane):
             if mask_input is not None:
@@ -122,7 +126,7 @@ def diagnose(segmenter: Segmenter, labels: np.ndarray, max_objects: int, clicks:
         "box_then_clicks": [round(float(v), 3) for v in curve.mean(axis=0)],
         "first_click_better": int((curve[:, 1] > curve[:, 0] + 0.005).sum()) if clicks else 0,
         "first_click_worse": int((curve[:, 1] < curve[:, 0] - 0.005).sum()) if clicks else 0,
-        "negative_first_corrections": {"count": len(negative["box"]),
+        "negative_first_corrections": {"count": len(negative["box"]), "ignored": ignored,
                                        **{k: round(float(np.mean(v)), 3) for k, v in negative.items() if v}},
     }
 
