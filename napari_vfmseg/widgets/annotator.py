@@ -80,7 +80,7 @@ WINDOW_CHOICES: tuple[tuple[str, Optional[str]], ...] = (
 
 SHORTCUTS = (
     "click: object point · Shift+click or T: background point · Box: drag a rectangle · "
-    "M: next mask of a single click · "
+    "M: next mask of a single click or a box · "
     "Enter: commit · Esc: clear prompts · Ctrl+Z / Ctrl+Shift+Z: undo / redo commits "
     "(on the objects layer: napari's brush undo)"
 )
@@ -194,7 +194,8 @@ class AnnotatorWidget(QWidget):
         self.commit_button = _button("Commit (Enter)", lambda: self.commit())
         column.addLayout(_row(self.clear_button, self.commit_button))
         self.next_mask_button = _button("Next mask (M)", self.next_mask)
-        self.next_mask_button.setToolTip("a single click is ambiguous (a part or the whole): show the model's next reading of it")
+        self.next_mask_button.setToolTip("a single click or a box alone is ambiguous (a part, the whole, or a ring or all it encloses): "
+                                         "show the model's next reading of it")
         self.undo_button = _button("Undo", self.undo)
         self.redo_button = _button("Redo", self.redo)
         column.addLayout(_row(self.next_mask_button, self.undo_button, self.redo_button))

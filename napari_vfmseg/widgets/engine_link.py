@@ -236,7 +236,7 @@ class EngineLink(QObject):
 
     def request(self, plane: Plane, next_candidate: bool = False) -> None:
         """Predict ``plane`` from the session's current prompts (the newest request per plane wins).
-        ``next_candidate``: show the next of an ambiguous click's masks instead."""
+        ``next_candidate``: show the next of an ambiguous prompt's masks instead (a single click or a box alone)."""
         session, segmenter = self.session, self.segmenter
         if session is None or segmenter is None:
             return

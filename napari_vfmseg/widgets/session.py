@@ -49,7 +49,7 @@ class Predictor(Protocol):
 @dataclass(frozen=True)
 class PredictionRequest:
     """One model call: the prompts of ``plane`` and the logits of the mask they correct (or None).
-    ``candidate``: which of an ambiguous click's masks to return (None: the best-scoring one)."""
+    ``candidate``: which of an ambiguous prompt's masks to return (None: the model's default one)."""
 
     plane: Plane
     prompts: PlanePrompts
@@ -102,7 +102,7 @@ class _PlaneResult:
     score: float
     epoch: int
     candidate: int = 0             # which of the decoder's masks this is
-    candidates: int = 1            # how many it returned (3 for a single click)
+    candidates: int = 1            # how many it returned (3 for a single click, 4 for a box alone)
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,8 @@ class AnnotationSession:
 
     def next_candidate_request(self, plane: Plane) -> Optional[PredictionRequest]:
         """The model call that shows the next of ``plane``'s candidate masks (after the last, the
-        first again); None unless the plane's current prediction came with several (a single click)."""
+        first again); None unless the plane's current prediction came with several (a single click or a
+        box alone)."""
         result = self._results.get(plane)
         if result is None or result.candidates < 2 or result.epoch != self.epoch:
             return None
@@ -281,13 +282,12 @@ class AnnotationSession:
         """True when ``plane``'s predicted mask contradicts its most recent point: a background point
         inside the mask, or an object point outside it (the model did not follow that click)."""
         result = self._results.get(plane)
-        prompts = result.prompts if result is not None else None
-        if prompts is None or not prompts.points:
+        if result is None or not result.prompts.points:
             return False
         rows, cols = result.mask.shape
-        row, col = prompts.points[-1]
+        row, col = result.prompts.points[-1]
         inside = bool(result.mask[min(max(int(round(row)), 0), rows - 1), min(max(int(round(col)), 0), cols - 1)])
-        return inside != bool(prompts.labels[-1])
+        return inside != bool(result.prompts.labels[-1])
 
     def score(self, plane: Plane) -> Optional[float]:
         result = self._results.get(plane)
