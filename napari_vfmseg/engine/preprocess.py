@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from napari_vfmseg.engine.coords import rc_to_xy
 from napari_vfmseg.io.windowing import Window, apply_window
 
 __all__ = [
@@ -81,7 +82,7 @@ class Geometry:
     def points_to_sam(self, points_rc: np.ndarray) -> np.ndarray:
         """(N, 2) points as (row, col) in slice pixels → (N, 2) float64 (x, y) in the encoder input frame."""
         points = np.asarray(points_rc, dtype=np.float64).reshape(-1, 2)
-        return self._xy_to_input(points[:, ::-1].copy())
+        return self._xy_to_input(rc_to_xy(points))
 
     def box_to_sam(self, box_rc: Sequence[float]) -> np.ndarray:
         """Box (row0, col0, row1, col1) in slice pixels → (4,) float64 (x0, y0, x1, y1) in the encoder frame."""
