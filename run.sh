@@ -19,8 +19,12 @@ if ! "$VENV/bin/python" -c "import sys" 2>/dev/null; then
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
-# 2. PyTorch first (a pinned build that lies on local disk on our machines), then the package.
-stamp="$VENV/.vfmseg-installed-$(cat pyproject.toml | sha256sum | cut -c1-16)"
+# 2. PyTorch first (a pinned build that lies on local disk on our machines), then the package with
+#    every other dependency at the version the tests passed with (constraints.txt, the lock file;
+#    refresh it with scripts/refresh_constraints.sh, see docs/install.md).
+CONSTRAINTS=()
+[ -f constraints.txt ] && CONSTRAINTS=(-c constraints.txt)
+stamp="$VENV/.vfmseg-installed-$(cat pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   "${PIP[@]}" install -q --upgrade pip
   if [ "$(uname -m)" = "aarch64" ]; then
@@ -28,7 +32,7 @@ if [ ! -f "$stamp" ]; then
   else
     "${PIP[@]}" install -q torch==2.14.1 torchvision==0.29.1
   fi
-  "${PIP[@]}" install -q -e ".[testing]"
+  "${PIP[@]}" install -q "${CONSTRAINTS[@]}" -e ".[testing]"
   rm -f "$VENV"/.vfmseg-installed-*
   touch "$stamp"
 fi
