@@ -11,7 +11,7 @@ task="${1:-}"
 case "$task" in demo|test) ;; *) echo "usage: bash run.sh demo|test [args...]" >&2; exit 2 ;; esac
 
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
-VENV=.venv
+VENV="${VFMSEG_VENV:-.venv}"  # .ci/run points this at a brand-new environment
 
 # 1. Virtual environment, re-created only when missing or broken.
 if ! "$VENV/bin/python" -c "import sys" 2>/dev/null; then
