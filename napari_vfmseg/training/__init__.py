@@ -9,7 +9,9 @@
 
 Modules: :mod:`.prompts` (prompt simulation), :mod:`.data` (pairs, split, augmentation),
 :mod:`.losses`, :mod:`.metrics` (Dice, IoU, NoC, baselines), :mod:`.adapters` (safetensors files),
-:mod:`.trainer` (the loop). LoRA layers live in :mod:`napari_vfmseg.models.lora`.
+:mod:`.train_config` (settings and results), :mod:`.forward` (decoder passes), :mod:`.model_state`
+(adapter layers and snapshots), :mod:`.trainer` (the loop), :mod:`.rounds` and :mod:`.measures` (the
+viewer's rounds). LoRA layers live in :mod:`napari_vfmseg.models.lora`.
 """
 
 from napari_vfmseg.training.adapters import (

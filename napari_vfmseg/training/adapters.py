@@ -15,8 +15,6 @@ key; a decoder-only adapter leaves cached embeddings valid.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Optional
 
 import torch
 
+from napari_vfmseg.io.atomic import atomic_path
 from napari_vfmseg.models.base import LoadedModel, fingerprint_state_dict
 from napari_vfmseg.models.lora import LoRAConfig, inject_lora, lora_modules, merge_lora, remove_lora
 
@@ -252,16 +251,8 @@ def save_adapter(path: str | Path, tensors: dict[str, torch.Tensor], info: Adapt
         info.fingerprint = adapter_fingerprint(cpu, info.mode)
     if not info.created:
         info.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(cpu, tmp, metadata=info.to_metadata())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as temporary:
+        save_file(cpu, str(temporary), metadata=info.to_metadata())
     return path
 
 

@@ -1,6 +1,6 @@
 """Batched prompt simulation, decoding and loss for pre-training, all in torch on one device.
 
-The per-object Python loop of :func:`~napari_vfmseg.training.trainer.decode` is fine for a few
+The per-object Python loop of :func:`~napari_vfmseg.training.forward.decode` is fine for a few
 dozen user planes, but pre-training on a GPU needs hundreds of prompts per step in a handful of
 kernels. Here every prompt is paired with its own copy of its image's embedding, so one decoder
 call serves prompts from many images.
@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from torch.nn import functional as F
 
+from napari_vfmseg.engine.coords import rc_to_xy
 from napari_vfmseg.training.losses import dice_loss, focal_loss, mask_iou
 
 __all__ = ["BatchPromptConfig", "sample_points", "jittered_boxes", "encode_prompts", "decode_paired",
@@ -51,7 +52,7 @@ def sample_points(region: torch.Tensor, generator: Optional[torch.Generator] = N
     Deep pixels are likelier (as a user clicks well inside a structure); an empty region gives
     the image centre and ``found`` False.
     """
-    n, size = region.shape[0], region.shape[-1]
+    size = region.shape[-1]
     weight = _interior_weight(region, interior_power).flatten(1)
     found = weight.sum(dim=1) > 0
     weight = torch.where(found[:, None], weight, torch.ones_like(weight))
@@ -89,8 +90,8 @@ def encode_prompts(sam, points: Optional[torch.Tensor], labels: Optional[torch.T
     """Sparse and dense prompt embeddings; points (N, P, 2) and boxes (N, 4) are in (row, col)."""
     point_arg = None
     if points is not None:
-        point_arg = (points.flip(-1), labels)
-    box_arg = boxes[:, [1, 0, 3, 2]] if boxes is not None else None
+        point_arg = (rc_to_xy(points), labels)
+    box_arg = rc_to_xy(boxes.reshape(-1, 2, 2)).reshape(-1, 4) if boxes is not None else None
     return sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=mask_input)
 
 

@@ -31,9 +31,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,12 +43,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from napari_vfmseg.io.atomic import atomic_path, write_text_atomic
 from napari_vfmseg.models.builtin import BuiltinConfig, build_builtin_sam
 from napari_vfmseg.training.batched import BatchPromptConfig, pretrain_loss
 from napari_vfmseg.training.prompts import PromptSet, bounding_box, interior_point
 from napari_vfmseg.training.synth import SynthConfig, SynthGenerator
 from napari_vfmseg.training.synth_stream import StreamConfig, batch_loader
-from napari_vfmseg.training.trainer import decode
+from napari_vfmseg.training.forward import decode
+from napari_vfmseg.training.metrics import dice
 
 __all__ = ["PretrainConfig", "pretrain", "evaluate_synthetic", "images_to_input", "trainable_parameters"]
 
@@ -105,11 +107,6 @@ def images_to_input(sam, images: torch.Tensor) -> torch.Tensor:
     return sam.preprocess(rgb)
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
-
-
 @torch.no_grad()
 def evaluate_synthetic(sam, samples, min_pixels: int = 64) -> dict:
     """Box and 1-click Dice on held-out synthetic slices, beside the filled-box baseline."""
@@ -128,16 +125,16 @@ def evaluate_synthetic(sam, samples, min_pixels: int = 64) -> dict:
             box = PromptSet(None, None, np.array([[r0, c0, r1, c1]], np.float32))
             low, _ = decode(sam, embeddings[b : b + 1], box, multimask=False)
             pred = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)[0, 0].cpu().numpy() > 0
-            box_d.append(_dice(pred, target))
+            box_d.append(dice(pred, target))
             filled = np.zeros_like(target)
             filled[r0 : r1 + 1, c0 : c1 + 1] = True
-            fill_d.append(_dice(filled, target))
+            fill_d.append(dice(filled, target))
             point = np.array([[interior_point(target)]], np.float32)
             click = PromptSet(point, np.ones((1, 1), np.int64), None)
             low, iou = decode(sam, embeddings[b : b + 1], click, multimask=True)
             best = int(iou[0].argmax())
             pred = F.interpolate(low[:, best : best + 1], (size, size), mode="bilinear", align_corners=False)[0, 0].cpu().numpy() > 0
-            click_d.append(_dice(pred, target))
+            click_d.append(dice(pred, target))
     sam.train(was_training)
     return {
         "box_dice": float(np.mean(box_d)),
@@ -163,16 +160,14 @@ def _drop_rows_after(log_path: Path, step: int) -> None:
     kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= step]
     if len(kept) == len(rows):
         return
-    tmp = log_path.with_name(log_path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        csv.writer(handle).writerows(kept)
-    os.replace(tmp, log_path)
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(kept)
+    write_text_atomic(log_path, text.getvalue())
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        torch.save(obj, temporary)
 
 
 def pretrain(out: Path, cfg: PretrainConfig, arch: BuiltinConfig | None = None,
@@ -287,10 +282,8 @@ def export_weights(run: Path, path: Path, dtype: torch.dtype = torch.float16) ->
         last = evaluated[-1]
         metadata["synthetic_validation"] = json.dumps({k: float(last[k]) for k in ("box_dice", "click_dice", "box_filled_dice")})
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state["model"].items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
     return metadata
 
 

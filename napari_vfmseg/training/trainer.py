@@ -22,213 +22,43 @@ Validation Dice is the mean over validation objects of the Dice of a tight-box p
 most-interior-point prompt (multimask, best predicted IoU), computed at the model's input
 resolution. The model keeps the state with the best validation Dice; a run that never beats its
 starting point leaves the model exactly as it was (the previous adapter, or the base).
+
+The settings and result types live in :mod:`.train_config`, the forward passes in :mod:`.forward`
+and the model-state transitions (adapter layers, trainable flags, snapshots) in :mod:`.model_state`;
+this module holds the loop.
 """
+
 
 from __future__ import annotations
 
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from napari_vfmseg.models.base import LoadedModel
-from napari_vfmseg.models.lora import (
-    LoRAConfig,
-    ParameterCount,
-    count_parameters,
-    default_encoder_targets,
-    inject_lora,
-    lora_modules,
-    unmerge_lora,
-)
-from napari_vfmseg.training.adapters import (
-    MODES,
-    AdapterInfo,
-    active_adapter,
-    adapter_fingerprint,
-    apply_adapter_tensors,
-    backup_base_tensors,
-    current_adapter_tensors,
-    remove_adapter,
-    save_adapter,
-    set_active,
-)
-from napari_vfmseg.training.batched import encode_prompts
-from napari_vfmseg.engine.preprocess import Geometry, PreparedImage, encoder_input
+from napari_vfmseg.models.lora import LoRAConfig, count_parameters, default_encoder_targets
+from napari_vfmseg.training.adapters import AdapterInfo, adapter_fingerprint, set_active
 from napari_vfmseg.training.data import FramedPair, LabelledImage, augment, frame_pair, object_ids
-from napari_vfmseg.training.losses import LossWeights, mask_losses
+from napari_vfmseg.training.forward import decode, embed_images, pad_masks, upsample_logits
+from napari_vfmseg.training.losses import mask_losses
+from napari_vfmseg.training.metrics import dice
+from napari_vfmseg.training.model_state import (
+    PreparedState,
+    finish_model,
+    prepare_model,
+    settle,
+    snapshot,
+)
 from napari_vfmseg.training.prompts import PromptSet, bounding_box, correction_click, interior_point, simulate_prompts
+from napari_vfmseg.training.train_config import TrainConfig, TrainProgress, TrainResult
 
 __all__ = ["TrainConfig", "TrainProgress", "TrainResult", "Trainer", "fine_tune", "decode", "embed_images"]
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of one fine-tuning run (defaults suit a few dozen planes)."""
-
-    mode: str = "decoder"
-    lora: Optional[LoRAConfig] = None  # None: no LoRA in decoder mode; rank 4 on the default targets in encoder-lora
-    steps: int = 200
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 10
-    images_per_step: int = 4
-    prompts_per_image: int = 4
-    grad_accum: int = 1                 # micro-batches per optimiser step
-    correction_clicks: int = 2          # corrective clicks after the first prompt
-    box_probability: float = 0.5        # first prompt: a jittered box, else one interior point
-    augment: bool = True                # flips, intensity jitter, small zoom (not in decoder mode)
-    val_every: int = 25                 # steps between validations (0: only before and after)
-    early_stop_patience: int = 4        # validations without improvement before stopping (0: never)
-    min_delta: float = 1e-3             # improvement in validation Dice that counts
-    min_pixels: int = 20                # smaller objects are ignored
-    max_val_objects: int = 64
-    seed: int = 0
-    amp: Optional[bool] = None          # mixed precision; None = on for CUDA
-    loss: LossWeights = field(default_factory=LossWeights)
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"unknown fine-tuning mode {self.mode!r}: use one of {MODES}")
-        for name in ("steps", "images_per_step", "prompts_per_image", "grad_accum"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.correction_clicks < 0 or self.val_every < 0 or self.early_stop_patience < 0:
-            raise ValueError("correction_clicks, val_every and early_stop_patience must be >= 0")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if self.mode == "decoder" and self.lora is not None and self.lora.encoder_targets:
-            raise ValueError("decoder mode never changes the image encoder: use lora.encoder_targets=() "
-                             "or the 'encoder-lora' mode")
-
-
-@dataclass
-class TrainProgress:
-    """Reported to the progress callback after every step (``val_dice`` only when validated)."""
-
-    step: int
-    total_steps: int
-    loss: float
-    val_dice: Optional[float]
-    best_val_dice: Optional[float]
-    elapsed_s: float
-
-
-@dataclass
-class TrainResult:
-    """Outcome of :meth:`Trainer.fit`. ``tensors`` and ``info`` make the adapter file."""
-
-    tensors: dict[str, torch.Tensor]
-    info: AdapterInfo
-    history: list[dict]
-    val_dice_before: Optional[float]
-    val_dice_after: Optional[float]
-    steps_done: int
-    best_step: int
-    cancelled: bool
-    stopped_early: bool
-    seconds: float
-    parameters: ParameterCount
-    n_train_examples: int
-
-    @property
-    def improved(self) -> bool:
-        """True when the model now carries a state better than the one it started from."""
-        return self.best_step > 0
-
-    def save(self, path) -> Path:
-        """Write the adapter (see :func:`napari_vfmseg.training.adapters.save_adapter`)."""
-        return save_adapter(path, self.tensors, self.info)
-
-    def summary(self) -> dict:
-        return {
-            "mode": self.info.mode,
-            "val_dice_before": self.val_dice_before,
-            "val_dice_after": self.val_dice_after,
-            "steps_done": self.steps_done,
-            "best_step": self.best_step,
-            "cancelled": self.cancelled,
-            "stopped_early": self.stopped_early,
-            "seconds": round(self.seconds, 3),
-            "trainable_parameters": self.parameters.trainable,
-            "total_parameters": self.parameters.total,
-            "trainable_share": self.parameters.share,
-            "n_train_examples": self.n_train_examples,
-        }
-
-
-# --------------------------------------------------------------------------------------------- #
-# Forward passes shared by training and validation
-
-
-def embed_images(sam, images: Sequence[np.ndarray], stretch: bool = False) -> torch.Tensor:
-    """Embeddings (B, C, gh, gw) of uint8 grey images (h, w) already in the model frame
-    (max(h, w) = input size; see :func:`~napari_vfmseg.training.data.frame_pair`).
-
-    Normalisation and padding are the engine's (:func:`~napari_vfmseg.engine.preprocess.encoder_input`);
-    ``stretch`` selects MedSAM's convention. Gradients flow when the caller allows them.
-    """
-    size = int(sam.image_encoder.img_size)
-    prepared = [
-        PreparedImage(np.asarray(img, dtype=np.uint8),
-                      Geometry(tuple(img.shape), tuple(img.shape), size, stretch), None)
-        for img in images
-    ]
-    return sam.image_encoder(encoder_input(prepared, sam, sam.pixel_mean.device))
-
-
-def decode(sam, embedding: torch.Tensor, prompts: PromptSet, mask_input: Optional[torch.Tensor] = None,
-           multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Low-res logits (P, K, lh, lw) and predicted IoUs (P, K) for P prompts on one embedding (1, C, gh, gw).
-
-    Prompt coordinates are (row, col) in the model's input frame; :func:`.batched.encode_prompts`
-    turns them into SAM's (x, y). ``mask_input`` (P, 1, lh, lw) holds previous low-res logits. K is
-    3 with ``multimask``, else 1.
-    """
-    device = embedding.device
-    points = labels = boxes = None
-    if prompts.points is not None:
-        points = torch.as_tensor(np.ascontiguousarray(prompts.points), dtype=torch.float32, device=device)
-        labels = torch.as_tensor(prompts.labels, dtype=torch.int64, device=device)
-    if prompts.boxes is not None:
-        boxes = torch.as_tensor(np.ascontiguousarray(prompts.boxes), dtype=torch.float32, device=device)
-    sparse, dense = encode_prompts(sam, points, labels, boxes, mask_input)
-    return sam.mask_decoder(
-        image_embeddings=embedding,
-        image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-    )
-
-
-def _upsample(low: torch.Tensor, size: int) -> torch.Tensor:
-    """(..., lh, lw) logits → (..., size, size) at the model's (padded) input resolution."""
-    shape = low.shape
-    up = F.interpolate(low.reshape(-1, 1, *shape[-2:]).float(), (size, size), mode="bilinear", align_corners=False)
-    return up.reshape(*shape[:-2], size, size)
-
-
-def _pad_masks(masks: np.ndarray, size: int, device) -> torch.Tensor:
-    """(P, h, w) bool → (P, size, size) float tensor, zero-padded at the bottom and right."""
-    out = torch.zeros((masks.shape[0], size, size), dtype=torch.float32)
-    out[:, : masks.shape[1], : masks.shape[2]] = torch.from_numpy(masks.astype(np.float32))
-    return out.to(device)
-
-
-def _dice(pred: np.ndarray, target: np.ndarray) -> float:
-    total = pred.sum() + target.sum()
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(pred, target).sum() / total)
-
-
-# --------------------------------------------------------------------------------------------- #
 
 
 @dataclass
@@ -285,56 +115,6 @@ class Trainer:
         if cfg.lora is not None and (cfg.lora.encoder_targets or cfg.lora.decoder_targets):
             return cfg.lora
         return None
-
-    # ---- setting up the model ------------------------------------------------------------------
-
-    def _prepare_model(self) -> list[str]:
-        """Adapter layers in place, only the mode's parameters trainable; returns their names."""
-        model, sam, cfg = self.model, self.model.sam, self.config
-        previous = active_adapter(model)
-        self._previous = None
-        compatible = previous is not None and previous.mode == cfg.mode and previous.lora == self.lora
-        if previous is not None and not compatible:
-            self._previous = (current_adapter_tensors(model), previous)
-            remove_adapter(model)
-        elif previous is None:
-            remove_adapter(model)  # drops stray LoRA layers, if any
-        unmerge_lora(sam)
-        if self.lora is not None and not list(lora_modules(sam)):
-            inject_lora(sam, self.lora)
-        sam.eval()
-        for _, layer in lora_modules(sam):
-            layer.lora_dropout.train(True)
-        for p in sam.parameters():
-            p.requires_grad_(False)
-        names = []
-        for name, p in sam.named_parameters():
-            part = name.split(".", 1)[0]
-            if ".lora_" in name:
-                trainable = True
-            elif cfg.mode == "full":
-                trainable = True
-            elif part in ("prompt_encoder", "mask_decoder"):
-                # With decoder LoRA, the transformer's base weights stay frozen.
-                trainable = not (self.lora is not None and self.lora.decoder_targets
-                                 and name.startswith("mask_decoder.transformer."))
-            else:
-                trainable = False
-            if trainable:
-                p.requires_grad_(True)
-                names.append(name)
-        backup_base_tensors(model, names)
-        if cfg.mode != "decoder":
-            # Embeddings computed while the encoder trains (e.g. by a viewer's prefetch) must never be
-            # cached under the key of the base model or of the previous adapter.
-            model.adapter_fingerprint = f"training-{uuid.uuid4().hex[:12]}"
-        return names
-
-    def _finish_model(self) -> None:
-        for p in self.model.sam.parameters():
-            p.requires_grad_(False)
-            p.grad = None
-        self.model.sam.eval()
 
     # ---- data -------------------------------------------------------------------------------------
 
@@ -400,7 +180,7 @@ class Trainer:
         cfg, sam, size = self.config, self.model.sam, self.size
         kind = "box" if rng.random() < cfg.box_probability else "point"
         prompts = simulate_prompts(masks, rng, kind=kind)
-        target = _pad_masks(masks, size, embedding.device)
+        target = pad_masks(masks, size, embedding.device)
         h, w = masks.shape[1:]
         iterations = cfg.correction_clicks + 1
         mask_input = None
@@ -409,7 +189,7 @@ class Trainer:
             multimask = iteration == 0 and kind == "point"
             with self._autocast():
                 low, iou = decode(sam, embedding, prompts, mask_input, multimask)
-            up = _upsample(low, size)                                   # (P, K, S, S), float32
+            up = upsample_logits(low, size)                                   # (P, K, S, S), float32
             k = up.shape[1]
             losses = mask_losses(up.flatten(0, 1), iou.flatten(), target.repeat_interleave(k, dim=0),
                                  cfg.loss).view(-1, k)
@@ -470,14 +250,14 @@ class Trainer:
                 h, w = masks.shape[1:]
                 boxes = PromptSet(None, None, np.array([bounding_box(m) for m in masks], dtype=np.float32))
                 low, _ = decode(sam, emb, boxes, None, multimask=False)
-                pred = (_upsample(low[:, 0], size)[:, :h, :w] > 0).cpu().numpy()
-                scores += [_dice(pred[i], masks[i]) for i in range(len(ids))]
+                pred = (upsample_logits(low[:, 0], size)[:, :h, :w] > 0).cpu().numpy()
+                scores += [dice(pred[i], masks[i]) for i in range(len(ids))]
                 points = np.array([[interior_point(m)] for m in masks], dtype=np.float32)
                 prompt = PromptSet(points, np.ones((len(ids), 1), dtype=np.int64), None)
                 low, iou = decode(sam, emb, prompt, None, multimask=True)
                 pick = low[torch.arange(len(ids)), iou.argmax(dim=1)]
-                pred = (_upsample(pick, size)[:, :h, :w] > 0).cpu().numpy()
-                scores += [_dice(pred[i], masks[i]) for i in range(len(ids))]
+                pred = (upsample_logits(pick, size)[:, :h, :w] > 0).cpu().numpy()
+                scores += [dice(pred[i], masks[i]) for i in range(len(ids))]
         return float(np.mean(scores))
 
     def _limit_val(self, examples: list[_Example]) -> list[_Example]:
@@ -497,16 +277,6 @@ class Trainer:
 
     # ---- the run --------------------------------------------------------------------------------
 
-    def _snapshot(self, names: list[str]) -> dict[str, torch.Tensor]:
-        params = dict(self.model.sam.named_parameters())
-        return {name: params[name].detach().clone() for name in names}
-
-    def _restore(self, snapshot: dict[str, torch.Tensor]) -> None:
-        params = dict(self.model.sam.named_parameters())
-        with torch.no_grad():
-            for name, value in snapshot.items():
-                params[name].copy_(value)
-
     def fit(self) -> TrainResult:
         """Train; returns the result. The model ends with the best validated state active."""
         cfg = self.config
@@ -517,21 +287,20 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(cfg.seed)
             rng = np.random.default_rng(cfg.seed)
-            names = self._prepare_model()
-            previous_info = active_adapter(self.model)
-            start_state = self._snapshot(names)
+            prepared = prepare_model(self.model, cfg.mode, self.lora)
+            start_state = snapshot(self.model, prepared.names)
             try:
-                return self._run(names, rng, start_time, previous_info, start_state)
+                return self._run(prepared, rng, start_time, start_state)
             except BaseException:
                 # An error (or Ctrl-C) mid-run: put back exactly what the model carried before.
-                self._settle(names, start_state, 0, previous_info)
+                settle(self.model, prepared, start_state, 0)
                 raise
             finally:
-                self._finish_model()
+                finish_model(self.model)
 
-    def _run(self, names: list[str], rng: np.random.Generator, start_time: float,
-             previous_info: Optional[AdapterInfo], start_state: dict[str, torch.Tensor]) -> TrainResult:
-        cfg, sam = self.config, self.model.sam
+    def _run(self, prepared: PreparedState, rng: np.random.Generator, start_time: float,
+             start_state: dict[str, torch.Tensor]) -> TrainResult:
+        cfg, sam, names = self.config, self.model.sam, prepared.names
         self.train_examples = self._examples(self.train_pairs)
         self.val_examples = self._limit_val(self._examples(self.val_pairs))
         if cfg.mode == "decoder":
@@ -576,7 +345,7 @@ class Trainer:
                 val_dice = self.validate()
                 if val_dice > best_dice + cfg.min_delta:
                     best_dice, best_step, bad_validations = val_dice, step, 0
-                    best_state = self._snapshot(names)
+                    best_state = snapshot(self.model, names)
                 else:
                     bad_validations += 1
             history.append({"step": step, "loss": step_loss, "val_dice": val_dice})
@@ -587,8 +356,8 @@ class Trainer:
                 stopped_early = True
                 break
         if not self.val_examples:  # no selection possible: keep the last completed step
-            best_state, best_step = self._snapshot(names), step
-        tensors = self._settle(names, best_state, best_step, previous_info)
+            best_state, best_step = snapshot(self.model, names), step
+        tensors = settle(self.model, prepared, best_state, best_step)
         info = AdapterInfo(
             base_fingerprint=self.model.fingerprint,
             mode=cfg.mode,
@@ -610,23 +379,6 @@ class Trainer:
             steps_done=step, best_step=best_step, cancelled=cancelled, stopped_early=stopped_early,
             seconds=time.perf_counter() - start_time, parameters=parameters, n_train_examples=n_train,
         )
-
-    def _settle(self, names: list[str], best_state: dict[str, torch.Tensor], best_step: int,
-                previous_info: Optional[AdapterInfo]) -> dict[str, torch.Tensor]:
-        """Leave the model with its best state; returns the adapter tensors (CPU copies)."""
-        tensors = {name: value.detach().to("cpu", copy=True) for name, value in best_state.items()}
-        if best_step > 0:
-            self._restore(best_state)
-            return tensors
-        # Nothing beat the starting point: put back exactly what was there before the run.
-        if previous_info is not None:  # continued from a compatible adapter
-            self._restore(best_state)
-            set_active(self.model, previous_info, names)
-        else:
-            remove_adapter(self.model)
-            if self._previous is not None:
-                apply_adapter_tensors(self.model, *self._previous)
-        return tensors
 
 
 def fine_tune(model: LoadedModel, train: Sequence[LabelledImage], val: Sequence[LabelledImage] = (),
