@@ -9,6 +9,12 @@ Qt/napari parts: :mod:`.annotator` (the dock widget), :mod:`.objects_panel`,
 
 from __future__ import annotations
 
+from napari_vfmseg.widgets._gl_compat import guard_triton
+
+# napari imports this package when the user opens the widget from its Plugins menu, with OpenGL
+# already up: mark triton unloadable before any of our modules can import torch.
+guard_triton()
+
 __all__ = ["AnnotatorWidget", "AnnotationSession", "default_model_name"]
 
 

@@ -10,7 +10,9 @@ from typing import Optional
 
 __all__ = ["default_model_name", "BUILTIN_MODEL", "NO_MODEL_HELP", "ModelSource", "load_engine"]
 
-from napari_vfmseg.models.registry import BUILTIN_MODEL  # noqa: F401  (re-exported)
+# The built-in model's registry name, repeated so that importing this module does not import torch
+# (napari_vfmseg.models does); tests check that it equals napari_vfmseg.models.BUILTIN_MODEL.
+BUILTIN_MODEL = "builtin"
 
 NO_MODEL_HELP = (
     "no model weights are on this machine yet: choose a registry model to download "
