@@ -1,4 +1,4 @@
-"""DICOM series: write a volume as one file per slice, list and read the series in a folder.
+"""DICOM series: write a volume as one file per slice (reading and checks: :mod:`.dicom_series`).
 
 Axis order. Arrays are (plane, row, col). ``spacing``, ``origin`` and ``direction`` are given in
 the same ARRAY axis order as :class:`napari_vfmseg.io.Volume` uses: ``spacing[0]`` is the distance
@@ -17,25 +17,28 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from napari_vfmseg.io.errors import VolumeReadError
+
+from napari_vfmseg.io.dicom_headers import (  # noqa: F401  (read helpers, re-exported for callers)
+    DicomSeriesInfo,
+    choose_series,
+    folder_has_dicom,
+    list_dicom_series,
+    looks_like_dicom_file,
+)
 
 __all__ = [
     "write_dicom_series",
     "DicomSeriesInfo",
     "list_dicom_series",
     "choose_series",
-    "read_dicom_series",
     "looks_like_dicom_file",
     "folder_has_dicom",
 ]
-
-_DICM_MAGIC_OFFSET = 128
 
 # DICOM tags as SimpleITK/GDCM spells them.
 _TAG_MODALITY = "0008|0060"
@@ -201,153 +204,3 @@ def write_dicom_series(
         writer.SetFileName(str(out_dir / file_pattern.format(int(numbers[plane]))))
         writer.Execute(slice_image)
     return series
-
-
-# --------------------------------------------------------------------------------------------- reading
-
-
-@dataclass(frozen=True)
-class DicomSeriesInfo:
-    """One series found in a folder: its UID, description, modality and files ordered by position."""
-
-    uid: str
-    files: tuple[str, ...]
-    description: str = ""
-    modality: str | None = None
-
-    @property
-    def n_slices(self) -> int:
-        return len(self.files)
-
-
-def looks_like_dicom_file(path: str | os.PathLike) -> bool:
-    """True if ``path`` has a .dcm extension or the 'DICM' magic at byte 128 (cheap: reads 132 bytes)."""
-    p = Path(path)
-    if not p.is_file():
-        return False
-    if p.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(p, "rb") as handle:
-            head = handle.read(_DICM_MAGIC_OFFSET + 4)
-    except OSError:
-        return False
-    return head[_DICM_MAGIC_OFFSET:] == b"DICM"
-
-
-def folder_has_dicom(folder: str | os.PathLike, max_files: int = 64) -> bool:
-    """True if one of the first ``max_files`` files in ``folder`` looks like DICOM."""
-    p = Path(folder)
-    if not p.is_dir():
-        return False
-    try:
-        entries = sorted(os.scandir(p), key=lambda e: e.name)
-    except OSError:
-        return False
-    checked = 0
-    for entry in entries:
-        if not entry.is_file():
-            continue
-        if looks_like_dicom_file(entry.path):
-            return True
-        checked += 1
-        if checked >= max_files:
-            break
-    return False
-
-
-def _read_header_tags(path: str, tags: Sequence[str]) -> dict[str, str]:
-    reader = sitk.ImageFileReader()
-    reader.SetImageIO("GDCMImageIO")
-    reader.SetFileName(path)
-    reader.ReadImageInformation()
-    keys = set(reader.GetMetaDataKeys())
-    return {tag: reader.GetMetaData(tag).strip() for tag in tags if tag in keys}
-
-
-def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
-    """All DICOM series directly inside ``folder``, largest first; files ordered along the slice normal.
-
-    Raises:
-        VolumeReadError: the folder holds no readable DICOM series.
-    """
-    folder_str = str(folder)
-    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder_str)
-    if not uids:
-        raise VolumeReadError(f"{folder_str}: no DICOM series found in this folder")
-    found = []
-    for uid in uids:
-        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder_str, uid))
-        if not files:
-            continue
-        try:
-            tags = _read_header_tags(files[0], (_TAG_SERIES_DESCRIPTION, _TAG_MODALITY))
-        except RuntimeError:
-            tags = {}
-        found.append(
-            DicomSeriesInfo(
-                uid=uid,
-                files=files,
-                description=tags.get(_TAG_SERIES_DESCRIPTION, ""),
-                modality=tags.get(_TAG_MODALITY) or None,
-            )
-        )
-    if not found:
-        raise VolumeReadError(f"{folder_str}: no DICOM series found in this folder")
-    return sorted(found, key=lambda s: (-s.n_slices, s.uid))
-
-
-def choose_series(series: Sequence[DicomSeriesInfo], series_uid: str | None, folder: str) -> DicomSeriesInfo:
-    """The series with ``series_uid``, or else the one with the most slices (first of ``series``)."""
-    if series_uid is not None:
-        for info in series:
-            if info.uid == series_uid:
-                return info
-        available = ", ".join(f"{s.uid} ({s.n_slices} slices, {s.description!r})" for s in series)
-        raise VolumeReadError(f"{folder}: no DICOM series with UID {series_uid}; available: {available}")
-    return max(series, key=lambda s: s.n_slices)
-
-
-def read_dicom_series(info: DicomSeriesInfo, folder: str) -> sitk.Image:
-    """Read one series as a 3D SimpleITK image with rescale slope/intercept applied.
-
-    Raises:
-        VolumeReadError: slices of different sizes, unreadable files, or other GDCM failures.
-    """
-    _check_consistent_slices(info, folder)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(info.files))
-    reader.MetaDataDictionaryArrayUpdateOn()
-    try:
-        return reader.Execute()
-    except RuntimeError as exc:
-        raise VolumeReadError(f"{folder}: cannot read DICOM series {info.uid}: {_first_line(exc)}") from exc
-
-
-def _check_consistent_slices(info: DicomSeriesInfo, folder: str) -> None:
-    """Every file of the series must have the same rows, columns and pixel components."""
-    sizes: dict[tuple, str] = {}
-    for path in info.files:
-        reader = sitk.ImageFileReader()
-        reader.SetImageIO("GDCMImageIO")
-        reader.SetFileName(path)
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError as exc:
-            raise VolumeReadError(f"{path}: unreadable DICOM file in series {info.uid}: {_first_line(exc)}") from exc
-        key = (tuple(reader.GetSize()[:2]), reader.GetNumberOfComponents())
-        sizes.setdefault(key, path)
-    if len(sizes) > 1:
-        listing = "; ".join(f"{Path(p).name}: {k[0][1]} rows x {k[0][0]} cols" for k, p in sizes.items())
-        raise VolumeReadError(
-            f"{folder}: DICOM series {info.uid} has slices of inconsistent sizes ({listing})"
-        )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("sitk::ERROR") and "itk::ERROR" not in line:
-            return line
-    return text.splitlines()[-1] if text else type(exc).__name__

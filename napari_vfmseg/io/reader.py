@@ -7,20 +7,20 @@ back in napari order, (plane, row, col) or (row, col) or (row, col, 3); see :mod
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import re
-import struct
 import warnings
-import zlib
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
 
-from napari_vfmseg.io import dicom
+from napari_vfmseg.io import dicom_headers, dicom_series, file_checks
 from napari_vfmseg.io.errors import VolumeReadError
+from napari_vfmseg.io.formats import FORMAT_BY_SUFFIX as _FORMAT_BY_EXTENSION
+from napari_vfmseg.io.formats import READ_SUFFIXES, path_extension
 from napari_vfmseg.io.volume import Volume
 
 __all__ = [
@@ -33,35 +33,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_FORMAT_BY_EXTENSION = {
-    ".nii": "NIfTI",
-    ".nii.gz": "NIfTI",
-    ".nrrd": "NRRD",
-    ".nhdr": "NRRD",
-    ".mha": "MetaImage",
-    ".mhd": "MetaImage",
-    ".dcm": "DICOM",
-    ".png": "PNG",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-}
-
 #: File extensions :func:`read_volume` accepts (a folder holding a DICOM series is accepted too).
-SUPPORTED_READ_EXTENSIONS: tuple[str, ...] = tuple(_FORMAT_BY_EXTENSION)
+SUPPORTED_READ_EXTENSIONS: tuple[str, ...] = READ_SUFFIXES
 
 
 class VolumeNotFoundError(VolumeReadError, FileNotFoundError):
     """The path given to :func:`read_volume` does not exist."""
-
-
-def path_extension(path: str | os.PathLike) -> str:
-    """Lower-case extension, with the compound '.nii.gz' kept whole ('' if none)."""
-    name = Path(path).name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    return Path(name).suffix
 
 
 def is_supported_path(path: str | os.PathLike) -> bool:
@@ -72,39 +49,48 @@ def is_supported_path(path: str | os.PathLike) -> bool:
     try:
         p = Path(path)
         if p.is_dir():
-            return dicom.folder_has_dicom(p)
+            return dicom_headers.folder_has_dicom(p)
         if path_extension(p) in _FORMAT_BY_EXTENSION:
             return True
-        return dicom.looks_like_dicom_file(p)
+        return dicom_headers.looks_like_dicom_file(p)
     except (OSError, ValueError):
         return False
 
 
-def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
+def read_volume(path: str | os.PathLike, series_uid: Optional[str] = None, *, series: Optional[str] = None) -> Volume:
     """Read an image file or a DICOM series folder into a :class:`Volume`.
 
     Args:
         path: a file with one of :data:`SUPPORTED_READ_EXTENSIONS`, a DICOM file, or a folder
             holding a DICOM series.
-        series_uid: for a DICOM folder with several series, the SeriesInstanceUID to read. By
-            default the series with the most slices is read, with a warning naming it.
+        series, series_uid: for a DICOM folder with several series, the SeriesInstanceUID to read
+            (two spellings of one argument). By default the series with the most slices is read,
+            with a warning naming the others.
 
     Returns:
         A Volume whose array is (plane, row, col), (row, col), or (row, col, 3) uint8 RGB, with
-        spacing/origin/direction in the same array order. DICOM values have RescaleSlope/Intercept
-        applied (CT in HU, int16 when the values are integers that fit, float32 otherwise).
-        An oblique direction is kept, with a UserWarning saying that the affine is used.
+        spacing/origin/direction in the same array order. DICOM values have each slice's
+        RescaleSlope/Intercept applied (CT in HU, int16 when the values are integers that fit,
+        float32 otherwise). A DICOM series is checked against its slices' own positions (see
+        :mod:`.dicom_series`): a missing slice or uneven spacing is read onto a regular grid at the
+        true positions with a UserWarning. An oblique direction is kept, with a UserWarning saying
+        that the affine is used.
 
     Raises:
         VolumeNotFoundError: ``path`` does not exist (a FileNotFoundError and a VolumeReadError).
-        VolumeReadError: unsupported extension, truncated or corrupt file, empty folder or one
-            without DICOM, inconsistent DICOM slices, zero-size axes, 4D+ data that is not RGB.
+        VolumeReadError: unsupported extension, truncated or corrupt file, invalid spacing, a
+            detached data file outside the header's folder, empty folder or one without DICOM,
+            a DICOM file without pixel data, a DICOM series that is sheared, mixes modalities, has
+            two images at one position or inconsistent slices, zero-size axes, 4D+ data that is not RGB.
     """
+    if series is not None and series_uid is not None and series != series_uid:
+        raise ValueError(f"series={series!r} and series_uid={series_uid!r} disagree; give one of them")
+    chosen_uid = series if series is not None else series_uid
     p = Path(path)
     if not p.exists():
         raise VolumeNotFoundError(f"{p}: no such file or folder")
     if p.is_dir():
-        volume = _read_dicom_folder(p, series_uid)
+        volume = _read_dicom_folder(p, chosen_uid)
     else:
         volume = _read_file(p)
     _report_orientation(volume)
@@ -116,7 +102,7 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
 
 def _read_file(path: Path) -> Volume:
     ext = path_extension(path)
-    if ext not in _FORMAT_BY_EXTENSION and not dicom.looks_like_dicom_file(path):
+    if ext not in _FORMAT_BY_EXTENSION and not dicom_headers.looks_like_dicom_file(path):
         raise VolumeReadError(
             f"{path}: unsupported file type {ext or '(no extension)'!r}; supported are "
             f"{', '.join(SUPPORTED_READ_EXTENSIONS)} and folders holding a DICOM series"
@@ -125,7 +111,11 @@ def _read_file(path: Path) -> Volume:
         raise VolumeReadError(f"{path}: file is empty")
     fmt = _FORMAT_BY_EXTENSION.get(ext, "DICOM")
     if fmt == "NIfTI":
-        _check_nifti_complete(path, compressed=ext == ".nii.gz")
+        file_checks.check_nifti(path, compressed=ext == ".nii.gz")
+    elif ext in (".nhdr", ".mhd"):
+        file_checks.check_detached_data_file(path, fmt)
+    elif fmt == "DICOM":
+        _check_dicom_file(path)
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -147,7 +137,27 @@ def _read_file(path: Path) -> Volume:
         modality = tags.get("0008|0060") or None
         metadata.update(_dicom_metadata(tags))
         image = _tidy_rescaled_dtype(image)
-    return Volume.from_sitk(image, path=str(path), modality=modality, metadata=metadata)
+    try:
+        return Volume.from_sitk(image, path=str(path), modality=modality, metadata=metadata)
+    except ValueError as exc:
+        if isinstance(exc, VolumeReadError):
+            raise
+        raise VolumeReadError(f"{path}: invalid geometry in this {fmt} file ({exc})") from exc
+
+
+def _check_dicom_file(path: Path) -> None:
+    """A single DICOM file must be an image: not a segmentation, not a header without pixels."""
+    header = dicom_headers.read_header(path)
+    if header.is_segmentation:
+        raise VolumeReadError(
+            f"{path}: this is a DICOM Segmentation (labels, not a scan); open it with the napari reader or "
+            "napari_vfmseg.io.read_segmentation, next to the series it was drawn on"
+        )
+    if not header.has_pixels:
+        raise VolumeReadError(
+            f"{path}: DICOM file has no pixel data (SOP class {header.sop_class_uid or 'unknown'}: a report, "
+            "presentation state or index, not an image)"
+        )
 
 
 def _check_sizes(size: tuple[int, ...], where: Path) -> None:
@@ -170,131 +180,37 @@ def _reason(exc: BaseException) -> str:
     return lines[-1] if len(lines) > 2 else "; ".join(lines)
 
 
-# --------------------------------------------------------------------------------------------- NIfTI checks
-
-
-def _nifti_needed_bytes(header: bytes, path: Path) -> int:
-    """vox_offset + voxel bytes that a NIfTI-1/2 header announces."""
-    if len(header) < 348:
-        raise VolumeReadError(f"{path}: NIfTI file is shorter than its header ({len(header)} bytes)")
-    for endian in ("<", ">"):
-        sizeof_hdr = struct.unpack_from(endian + "i", header, 0)[0]
-        if sizeof_hdr == 348:
-            dims = struct.unpack_from(endian + "8h", header, 40)
-            bitpix = struct.unpack_from(endian + "h", header, 72)[0]
-            vox_offset = int(struct.unpack_from(endian + "f", header, 108)[0])
-            break
-        if sizeof_hdr == 540:
-            if len(header) < 540:
-                raise VolumeReadError(f"{path}: NIfTI-2 file is shorter than its header ({len(header)} bytes)")
-            bitpix = struct.unpack_from(endian + "h", header, 14)[0]
-            dims = struct.unpack_from(endian + "8q", header, 16)
-            vox_offset = struct.unpack_from(endian + "q", header, 168)[0]
-            break
-    else:
-        raise VolumeReadError(f"{path}: not a NIfTI file (header size field is neither 348 nor 540)")
-    ndim = dims[0]
-    if not 1 <= ndim <= 7:
-        raise VolumeReadError(f"{path}: NIfTI header has an invalid number of dimensions ({ndim})")
-    shape = dims[1 : ndim + 1]
-    if any(d <= 0 for d in shape):
-        raise VolumeReadError(f"{path}: image has a zero-size dimension (NIfTI dims {tuple(shape)})")
-    if bitpix <= 0 or bitpix % 8:
-        raise VolumeReadError(f"{path}: NIfTI header has an invalid bitpix ({bitpix})")
-    return max(vox_offset, sizeof_hdr) + int(np.prod(shape, dtype=np.int64)) * bitpix // 8
-
-
-def _check_nifti_complete(path: Path, compressed: bool) -> None:
-    """Raise if the file holds fewer bytes than its header needs (SimpleITK would pad with zeros).
-
-    For .nii.gz the gzip trailer's ISIZE (uncompressed size mod 2**32) is compared with the header
-    first; only when they disagree is the stream decompressed to count the bytes. A truncated
-    stream ends in compressed data, so its last 4 bytes match by chance with probability 2**-32;
-    a stream damaged in the middle fails SimpleITK's own CRC check.
-    """
-    with open(path, "rb") as handle:
-        is_gzip = handle.read(2) == b"\x1f\x8b"
-    if not (compressed and is_gzip):
-        with open(path, "rb") as handle:
-            header = handle.read(540)
-        needed = _nifti_needed_bytes(header, path)
-        present = path.stat().st_size
-    else:
-        needed = _nifti_needed_bytes(_gunzip_head(path, 540), path)
-        with open(path, "rb") as handle:
-            handle.seek(-4, os.SEEK_END)
-            trailer_size = struct.unpack("<I", handle.read(4))[0]
-        if trailer_size == needed % 2**32:
-            return
-        present = _gunzip_count(path)
-    if present < needed:
-        raise VolumeReadError(
-            f"{path}: NIfTI file is truncated: its header announces {needed} bytes (header and voxels), "
-            f"the data holds {present} ({100.0 * present / needed:.1f}%)"
-        )
-
-
-def _gunzip_head(path: Path, n_bytes: int) -> bytes:
-    """The first ``n_bytes`` decompressed bytes (fewer if the stream is shorter)."""
-    try:
-        with gzip.open(path, "rb") as stream:
-            return stream.read(n_bytes)
-    except EOFError as exc:
-        raise VolumeReadError(f"{path}: compressed file is truncated (the gzip stream ends early)") from exc
-    except (gzip.BadGzipFile, zlib.error, OSError) as exc:
-        raise VolumeReadError(f"{path}: compressed file is corrupt ({exc})") from exc
-
-
-def _gunzip_count(path: Path, chunk: int = 1 << 22) -> int:
-    """Total decompressed size of a gzip file; raise if the stream is broken or ends early."""
-    total = 0
-    try:
-        with gzip.open(path, "rb") as stream:
-            while block := stream.read(chunk):
-                total += len(block)
-    except EOFError as exc:
-        raise VolumeReadError(f"{path}: compressed file is truncated (the gzip stream ends early)") from exc
-    except (gzip.BadGzipFile, zlib.error, OSError) as exc:
-        raise VolumeReadError(f"{path}: compressed file is corrupt ({exc})") from exc
-    return total
-
-
 # --------------------------------------------------------------------------------------------- DICOM
 
 
-def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
+def _read_dicom_folder(folder: Path, series_uid: Optional[str]) -> Volume:
     entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
     if not entries:
         raise VolumeReadError(f"{folder}: folder is empty; expected a DICOM series")
-    if not dicom.folder_has_dicom(folder, max_files=10_000):
+    if not dicom_headers.folder_has_dicom(folder, max_files=10_000):
         raise VolumeReadError(
             f"{folder}: folder holds no DICOM files (.dcm or 'DICM' header); to open another format, "
             "choose the file itself"
         )
-    all_series = dicom.list_dicom_series(folder)
-    chosen = dicom.choose_series(all_series, series_uid, str(folder))
+    all_series = dicom_headers.list_dicom_series(folder)
+    chosen = dicom_headers.choose_series(all_series, series_uid, str(folder))
     if len(all_series) > 1:
-        others = ", ".join(f"{s.uid} ({s.n_slices} slices, {s.description!r})" for s in all_series if s is not chosen)
+        others = ", ".join(s.label() for s in all_series if s is not chosen)
         message = (
-            f"{folder}: {len(all_series)} DICOM series found; reading {chosen.uid} "
-            f"({chosen.n_slices} slices, {chosen.description!r}); others: {others}"
+            f"{folder}: {len(all_series)} DICOM series found; reading {chosen.label()}; others: {others}"
         )
         if series_uid is None:
-            warnings.warn(message + ". Pass series_uid= to choose another.", UserWarning, stacklevel=3)
+            warnings.warn(message + ". Pass series= (CLI: --series UID) to choose another.", UserWarning,
+                          stacklevel=3)
         else:
             logger.info(message)
-    image = dicom.read_dicom_series(chosen, str(folder))
-    _check_sizes(image.GetSize(), folder)
-    image = _tidy_rescaled_dtype(image)
-    metadata: dict[str, object] = {
-        "format": "DICOM",
-        "dicom_series_uid": chosen.uid,
-        "dicom_series_description": chosen.description,
-        "dicom_n_slices": chosen.n_slices,
-        "dicom_n_series_in_folder": len(all_series),
-        "dicom_files": list(chosen.files),
-    }
-    return Volume.from_sitk(image, path=str(folder), modality=chosen.modality, metadata=metadata)
+    array, layout = dicom_series.read_series(chosen, str(folder))
+    metadata = dicom_series.layout_metadata(chosen, layout, len(all_series))
+    try:
+        return Volume(array=array, spacing=layout.spacing, origin=layout.origin, direction=layout.direction,
+                      path=str(folder), modality=chosen.modality, metadata=metadata)
+    except ValueError as exc:
+        raise VolumeReadError(f"{folder}: DICOM series {chosen.uid} has an invalid geometry ({exc})") from exc
 
 
 def _dicom_metadata(tags: dict[str, str]) -> dict[str, object]:
