@@ -27,6 +27,7 @@ def add_parser(subparsers) -> None:
         default="auto",
         help="intensity window: auto, percentile, a CT preset (soft_tissue, lung, bone, brain) or LEVEL,WIDTH",
     )
+    add_series_argument(parser)
     parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
     parser.add_argument(
         "--accelerate",
@@ -39,9 +40,23 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def add_series_argument(parser: argparse.ArgumentParser) -> None:
+    """``--series UID``: which DICOM series of a folder to read (shared by ``embed`` and ``segment``)."""
+    parser.add_argument("--series", default=None, metavar="UID",
+                        help="SeriesInstanceUID to read when VOLUME is a DICOM folder holding several series "
+                             "(default: the one with the most slices; the others are named in a warning)")
+
+
 def parse_window(text: str):
-    """'auto', a preset or method name, or 'LEVEL,WIDTH' → a value for resolve_window."""
+    """'auto', a preset or method name, or 'LEVEL,WIDTH' → the window choice the engine takes.
+
+    "auto" becomes None, exactly what the viewer's "auto" passes, so both resolve it with
+    :func:`napari_vfmseg.io.windowing.model_window` to the same pixels and the same cache entries.
+    """
     from napari_vfmseg.cli import UserError
+
+    if text is None or text.strip().lower() == "auto":
+        return None
 
     if "," in text:
         try:
@@ -62,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_vfmseg.models import load_model
 
     window = parse_window(args.window)
-    volume = read_volume(args.volume)
+    volume = read_volume(args.volume, series=args.series)
     array = volume.array
     if getattr(volume, "is_rgb", False) or array.ndim != 3:
         raise UserError(f"{args.volume}: embed needs a 3D volume; got an array of shape {array.shape}")

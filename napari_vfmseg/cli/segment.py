@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
+from napari_vfmseg.cli.embed import add_series_argument
+
 _BOX_HELP = 'PLANE,ROW0,COL0,ROW1,COL1 on a plane along --axis (inclusive pixel indices); repeat for more key planes'
 _POINTS_HELP = 'one or more "PLANE,ROW,COL[,LABEL]" separated by ";" (LABEL 1 = object, the default; 0 = background)'
 
@@ -34,7 +36,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--model", default=None, help="registry name or checkpoint path (default: official weights present on this machine, else the built-in model)")
     parser.add_argument("--adapter", default=None, help="adapter file (.safetensors) to apply to the model")
     parser.add_argument("--out", default=None, metavar="MASK",
-                        help="label file to write (.nii.gz, .nii, .nrrd, .mha, .mhd; default: VOLUMENAME_mask.nii.gz here)")
+                        help="label file to write (.nii.gz, .nii, .nrrd, .mha, .mhd; default: VOLUMENAME_mask.nii.gz "
+                             "here), or a .dcm DICOM-SEG referencing the source series when VOLUME is a DICOM folder")
+    parser.add_argument("--name", default=None, help="name of the object (the DICOM-SEG segment's label)")
+    add_series_argument(parser)
     parser.add_argument("--label", type=int, default=1, help="value of the object in the written mask (default 1)")
     parser.add_argument("--window", default="auto",
                         help="intensity window: auto, percentile, a CT preset (soft_tissue, lung, bone, brain) or LEVEL,WIDTH")
@@ -181,12 +186,9 @@ def check_prompts(keys: dict[int, KeyPlane], shape: tuple[int, int, int], axis: 
 
 def default_output(volume_path: str) -> Path:
     """``<volume name without extensions>_mask.nii.gz`` in the current folder."""
-    name = Path(volume_path.rstrip("/\\")).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".png", ".tif", ".tiff"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return Path.cwd() / f"{name or 'volume'}_mask.nii.gz"
+    from napari_vfmseg.io.formats import strip_suffix
+
+    return Path.cwd() / f"{strip_suffix(volume_path) or 'volume'}_mask.nii.gz"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -196,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_vfmseg.cli import UserError
     from napari_vfmseg.cli.embed import parse_window
     from napari_vfmseg.io import SUPPORTED_LABEL_EXTENSIONS, read_volume, write_labels
-    from napari_vfmseg.io.reader import path_extension
+    from napari_vfmseg.io.formats import DICOM_SUFFIXES, path_extension
 
     keys = parse_prompts(args.box, args.points)
     window = parse_window(args.window)
@@ -208,10 +210,15 @@ def run(args: argparse.Namespace) -> int:
     if appearance and not args.propagate:
         raise UserError("--appearance and --appearance-trim only apply with --propagate")
     out = Path(args.out) if args.out else default_output(args.volume)
-    if path_extension(out) not in SUPPORTED_LABEL_EXTENSIONS:
-        raise UserError(f"--out {out}: cannot write labels there; use one of {', '.join(SUPPORTED_LABEL_EXTENSIONS)}")
+    as_seg = path_extension(out) in DICOM_SUFFIXES
+    if path_extension(out) not in SUPPORTED_LABEL_EXTENSIONS and not as_seg:
+        raise UserError(f"--out {out}: cannot write labels there; use one of {', '.join(SUPPORTED_LABEL_EXTENSIONS)}, "
+                        "or .dcm (DICOM-SEG) for a DICOM series")
 
-    volume = read_volume(args.volume)
+    volume = read_volume(args.volume, series=args.series)
+    if as_seg and (volume.metadata.get("format") != "DICOM" or volume.array.ndim != 3):
+        raise UserError(f"--out {out}: a DICOM-SEG references the DICOM series it was drawn on; {args.volume} is not "
+                        "a DICOM series folder. Use .nii.gz, .nrrd or .mha")
     if volume.is_rgb:
         raise UserError(f"{args.volume}: segment works on grey 2D images and 3D volumes, not RGB photos")
     array = volume.array if volume.array.ndim == 3 else volume.array[None]
@@ -281,7 +288,13 @@ def run(args: argparse.Namespace) -> int:
     labels = np.where(mask, np.uint32(args.label), np.uint32(0))  # stored as the smallest type that holds it
     if volume.array.ndim == 2:
         labels = labels[0]
-    written = write_labels(out, labels, like=volume)
+    if as_seg:
+        from napari_vfmseg.io.dicom_seg import write_dicom_seg
+
+        written = write_dicom_seg(out, labels, like=volume, names={args.label: args.name or "object"},
+                                  model=model.name, adapter=Path(args.adapter).name if args.adapter else None)
+    else:
+        written = write_labels(out, labels, like=volume)
 
     voxels = int(np.count_nonzero(mask))
     voxel_mm3 = float(np.prod(volume.spacing)) if volume.array.ndim == 3 else None

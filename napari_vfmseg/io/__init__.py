@@ -9,11 +9,15 @@ from importlib import import_module
 
 from napari_vfmseg.io.errors import LabelWriteError, VolumeReadError
 from napari_vfmseg.io.volume import Volume
+from napari_vfmseg.io.formats import IMAGE_SUFFIXES, LABEL_SUFFIXES, READ_SUFFIXES
 from napari_vfmseg.io.windowing import (
     CT_PRESETS,
+    WINDOW_CHOICES,
     Window,
     apply_window,
     auto_window,
+    display_window,
+    model_window,
     percentile_window,
     resolve_window,
 )
@@ -29,6 +33,11 @@ _LAZY = {
     "label_dtype": "writer",
     "SUPPORTED_LABEL_EXTENSIONS": "writer",
     "write_dicom_series": "dicom",
+    "list_dicom_series": "dicom_headers",
+    "write_dicom_seg": "dicom_seg",
+    "read_segmentation": "dicom_seg",
+    "is_dicom_seg": "dicom_seg",
+    "read_labels": "labels",
 }
 
 
@@ -43,6 +52,11 @@ __all__ = [
     "read_volume",
     "write_labels",
     "write_dicom_series",
+    "list_dicom_series",
+    "write_dicom_seg",
+    "read_segmentation",
+    "is_dicom_seg",
+    "read_labels",
     "is_supported_path",
     "label_dtype",
     "VolumeReadError",
@@ -50,7 +64,13 @@ __all__ = [
     "LabelWriteError",
     "SUPPORTED_READ_EXTENSIONS",
     "SUPPORTED_LABEL_EXTENSIONS",
+    "READ_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "LABEL_SUFFIXES",
     "Window",
+    "WINDOW_CHOICES",
+    "model_window",
+    "display_window",
     "CT_PRESETS",
     "apply_window",
     "auto_window",

@@ -3,6 +3,18 @@
 A window is (level, width) in the image's own units (HU for CT). Values below
 ``level - width/2`` map to 0, above ``level + width/2`` to 255. NaN maps to 0, +inf to 255,
 -inf to 0.
+
+One meaning for each choice. The viewer, the CLI and training all turn a user's choice into the
+model's window with :func:`model_window` and show it with :func:`display_window`:
+
+- "auto" (or None): 8-bit grey data goes in as it is (as SAM sees a grey photo); CT (by modality
+  tag, or integer data that looks like HU) gets the soft-tissue preset; anything else the
+  0.5-99.5 percentile window of the whole volume;
+- a preset name, "percentile", a :class:`Window` or (level, width): that window, on any dtype.
+
+The window is resolved once on the whole array given (a volume, not a plane), so every plane is
+mapped alike. :data:`WINDOW_CHOICES` is the list the widget offers; its values are what the CLI's
+``--window`` accepts.
 """
 
 from __future__ import annotations
@@ -15,6 +27,10 @@ import numpy as np
 __all__ = [
     "Window",
     "CT_PRESETS",
+    "WINDOW_CHOICES",
+    "AS_IS",
+    "model_window",
+    "display_window",
     "percentile_window",
     "auto_window",
     "resolve_window",
@@ -59,6 +75,19 @@ CT_PRESETS: dict[str, Window] = {
 
 WindowSpec = Union[None, str, Window, tuple, list]
 
+#: The identity window of 8-bit data: ``apply_window(x, AS_IS)`` returns uint8 ``x`` unchanged.
+AS_IS = Window(127.5, 255.0, "as_is")
+
+#: (label shown, value) of the widget's window menu; the value is what ``--window`` accepts (None = "auto").
+WINDOW_CHOICES: tuple[tuple[str, Union[str, None]], ...] = (
+    ("auto", None),
+    ("soft tissue (40/400)", "soft_tissue"),
+    ("lung (-600/1500)", "lung"),
+    ("bone (400/1800)", "bone"),
+    ("brain (40/80)", "brain"),
+    ("percentile 0.5-99.5", "percentile"),
+)
+
 
 def _as_numeric(array: np.ndarray) -> np.ndarray:
     """``array`` as a numpy array on which arithmetic works (boolean masks become 0/1 uint8)."""
@@ -91,9 +120,12 @@ def percentile_window(array: np.ndarray, low: float = 0.5, high: float = 99.5, n
 def auto_window(array: np.ndarray, modality: str | None = None) -> Window:
     """Choose a window from the DICOM modality, or else from the value range.
 
-    CT (modality "CT", or integer data reaching below -500 like HU air) gets the soft-tissue preset;
-    everything else (MR, PET, 8-bit photos, ...) the 0.5–99.5 percentile window.
+    8-bit grey data (dtype uint8) gets :data:`AS_IS`, whatever the modality: its pixels go to the
+    model unchanged. CT (modality "CT", or data reaching below -500 like HU air) gets the
+    soft-tissue preset; everything else (MR, PET, ...) the 0.5–99.5 percentile window.
     """
+    if np.asarray(array).dtype == np.uint8:
+        return AS_IS
     if modality is not None and modality.upper() == "CT":
         return CT_PRESETS["soft_tissue"]
     values = _as_numeric(array)
@@ -113,13 +145,33 @@ def _looks_like_hu(values: np.ndarray) -> bool:
     return float(np.percentile(sample, 1)) < -500 and float(np.percentile(sample, 99.9)) < 4000
 
 
+def _is_auto(spec: WindowSpec) -> bool:
+    return spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto")
+
+
+def model_window(spec: WindowSpec, array: np.ndarray, modality: str | None = None) -> Window | None:
+    """The window the model is given for the choice ``spec`` on ``array`` (the whole volume or image).
+
+    None means "use the pixels as they are": "auto" on 8-bit grey data. The engine, the CLI and
+    training call this, so one choice gives the same pixels everywhere.
+    """
+    if _is_auto(spec) and np.asarray(array).dtype == np.uint8:
+        return None
+    return resolve_window(spec, array, modality)
+
+
+def display_window(spec: WindowSpec, array: np.ndarray, modality: str | None = None) -> Window:
+    """The window to show ``array`` with for the choice ``spec``: the model's, :data:`AS_IS` for None."""
+    return model_window(spec, array, modality) or AS_IS
+
+
 def resolve_window(spec: WindowSpec, array: np.ndarray, modality: str | None = None) -> Window:
     """Turn a user's window choice into a :class:`Window`.
 
     ``spec`` is None or "auto" (see :func:`auto_window`), a CT preset name, "percentile"/"mr",
     a :class:`Window`, or a ``(level, width)`` pair.
     """
-    if spec is None or (isinstance(spec, str) and spec.lower() == "auto"):
+    if _is_auto(spec):
         return auto_window(array, modality)
     if isinstance(spec, Window):
         return spec

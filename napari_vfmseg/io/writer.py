@@ -19,13 +19,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from napari_vfmseg.io.errors import LabelWriteError
-from napari_vfmseg.io.reader import path_extension
+from napari_vfmseg.io.formats import LABEL_SUFFIXES, path_extension
 from napari_vfmseg.io.volume import Volume
 
-__all__ = ["write_labels", "label_dtype", "SUPPORTED_LABEL_EXTENSIONS"]
+__all__ = ["write_labels", "label_dtype", "checked_labels", "SUPPORTED_LABEL_EXTENSIONS"]
 
 #: File extensions :func:`write_labels` can write.
-SUPPORTED_LABEL_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+SUPPORTED_LABEL_EXTENSIONS: tuple[str, ...] = LABEL_SUFFIXES
 
 # NIfTI keeps geometry in float32; the others as decimal text. Anything beyond this is a loss.
 _GEOMETRY_RTOL = 1e-5
@@ -75,7 +75,7 @@ def write_labels(
             f"{out}: cannot write labels as {ext or '(no extension)'!r}; supported are "
             f"{', '.join(SUPPORTED_LABEL_EXTENSIONS)}"
         )
-    values = _checked_labels(np.asarray(labels), out)
+    values = checked_labels(np.asarray(labels), out)
     geometry = _geometry(values, like, spacing, origin, direction, out)
 
     image = sitk.GetImageFromArray(values.astype(label_dtype(values), copy=False))
@@ -86,7 +86,8 @@ def write_labels(
     return str(out)
 
 
-def _checked_labels(values: np.ndarray, out: Path) -> np.ndarray:
+def checked_labels(values: np.ndarray, out: Path) -> np.ndarray:
+    """``values`` as non-negative integers (bool → uint8), or a LabelWriteError naming ``out``."""
     if values.dtype == bool:
         return values.astype(np.uint8)
     if values.dtype.kind == "f":
