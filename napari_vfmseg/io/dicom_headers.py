@@ -1,8 +1,8 @@
 """DICOM headers of a folder: one :class:`SliceHeader` per file, grouped into image series.
 
 Headers are read with pydicom (pixel data deferred, never decoded here). A file is an image of a
-series when it has Pixel Data and is not a DICOM Segmentation; the other DICOM objects found in
-PACS exports (structured reports, presentation states, DICOMDIR, segmentations) are set aside
+series when it has Rows and Columns and is not a DICOM Segmentation; the other DICOM objects found
+in PACS exports (structured reports, presentation states, DICOMDIR, segmentations) are set aside
 and never mixed into a series. Series are keyed by SeriesInstanceUID.
 """
 
@@ -68,7 +68,9 @@ class SliceHeader:
 
     @property
     def is_image(self) -> bool:
-        return self.has_pixels and not self.is_segmentation
+        """An image slice: Rows and Columns, not a segmentation (its pixel data may still be missing:
+        the series checks name such a file instead of silently leaving a gap)."""
+        return self.rows is not None and self.cols is not None and not self.is_segmentation
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
     """
     headers, unreadable = scan_folder(folder)
     images = [h for h in headers if h.is_image and h.series_uid]
-    if not images:
+    if not any(h.has_pixels for h in images):
         found = []
         if unreadable:
             found.append(f"{len(unreadable)} unreadable file(s), e.g. {unreadable[0]}")
@@ -219,6 +221,8 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
         by_uid.setdefault(header.series_uid, []).append(header)
     series = []
     for uid, members in by_uid.items():
+        if not any(h.has_pixels for h in members):
+            continue  # e.g. a series of headers only: nothing to show
         first = members[0]
         series.append(DicomSeriesInfo(uid, tuple(members), first.description, first.modality))
     return sorted(series, key=lambda s: (-s.n_slices, s.uid))
