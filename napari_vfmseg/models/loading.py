@@ -22,6 +22,7 @@ from napari_vfmseg.models.base import LoadedModel, fingerprint_state_dict
 from napari_vfmseg.models.device import configure_cpu_threads, encoder_dtype_for, resolve_device
 from napari_vfmseg.models.download import ensure_weights
 from napari_vfmseg.models.registry import ARCHITECTURES, Builder, ModelSpec, get_spec, infer_arch, model_names
+from napari_vfmseg.models.student import student_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -217,8 +218,11 @@ def load_model(
     target = resolve_device(device)
     spec, path = _resolve_source(name_or_path, arch, checkpoint, download, progress)
     state_dict = read_state_dict(path)
+    student = student_checkpoint(path) if spec is None and arch is None else None
     if spec is not None:
         arch_key, builder = spec.arch, spec.builder
+    elif student is not None:  # a distilled student: its metadata names its architecture
+        arch_key, builder = "student", student.builder
     else:
         arch_key = arch or infer_arch(state_dict, source=str(path))
         if arch_key not in ARCHITECTURES:
@@ -233,9 +237,10 @@ def load_model(
         "source_file": str(path),
         "registry_name": spec.name if spec else None,
         "licence": spec.licence if spec else None,
-        "description": spec.description if spec else ARCHITECTURES[arch_key].description,
+        "description": spec.description if spec else ARCHITECTURES[arch_key].description if student is None else "",
         "preprocess": spec.preprocess if spec else "sam",
         "propagation": spec.propagation if spec else "generic",
+        **(student.info() if student is not None else {}),
         "parameters": sum(p.numel() for p in sam.parameters()),
         "encoder_parameters": sum(p.numel() for p in sam.image_encoder.parameters()),
         "cpu_threads": cpu_threads,
