@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -117,9 +117,10 @@ class AnnotatorWidget(QWidget):
         self._loading: Optional[object] = None
         self._prompt_axis: Optional[int] = None
         self._own_layer_change = False
-        self._key_restore: list = []
         self._warned_no_model = False
         self._closed = False
+        self._docked = False
+        self.closing = None   # the thread that closes the engine after shutdown()
 
         self._build_ui()
         self._step_timer = QTimer(self)
@@ -135,7 +136,6 @@ class AnnotatorWidget(QWidget):
         ]
         for emitter, handler in self._events:
             emitter.connect(handler)
-        self._bind_viewer_keys()
         self._refresh_image_choices()
         self._update_status()
         if autoload and default_model_name() is not None:
@@ -386,6 +386,7 @@ class AnnotatorWidget(QWidget):
             self.preview_layer = self.viewer.add_labels(self.session.preview, name=f"{layer.name} preview", opacity=0.55, **placement_kwargs(layer))
             self.preview_layer.colormap = _direct_colormap({1: (PREVIEW_COLOUR, True)})
             self.preview_layer.events.paint.connect(self._on_preview_painted)   # brush corrections of the preview
+            self._bind_layer_keys(self.preview_layer, toggle=False)
             self.prompts = PromptLayers(self.viewer, layer, shape)
         finally:
             self._own_layer_change = False
@@ -486,22 +487,24 @@ class AnnotatorWidget(QWidget):
             self._notify("warning", f"choose a model: {NO_MODEL_HELP}")
             return
         cache_dir = self.model_panel.cache_dir()
-        token = object()
-        self._loading = token
+        if self._loading is not None:
+            self._loading.cancel()   # the newest choice wins; the older load's result is dropped
         self.model_panel.show_loading(source.describe())
 
         def done(segmenter) -> None:
-            if self._loading is token:
-                self.use_segmenter(segmenter)
+            if self._closed:
+                segmenter.close()
+                return
+            self.use_segmenter(segmenter)
 
         def failed(error: BaseException) -> None:
-            if self._loading is token:
-                self._loading = None
-                self.model_panel.show_model(f"{self._model_text()} ({source.describe()} could not be loaded)")
-                self.model_panel.show_progress(0, 1)
-                self._report(f"loading model {source.describe()}", error)
+            self._loading = None
+            self.model_panel.show_model(f"{self._model_text()} ({source.describe()} could not be loaded)")
+            self.model_panel.show_progress(0, 1)
+            self._report(f"loading model {source.describe()}", error)
 
-        run_in_background(lambda: load_engine(source, cache_dir=cache_dir), done, failed)
+        self._loading = run_in_background(lambda: load_engine(source, cache_dir=cache_dir), done, failed,
+                                          name="vfmseg-load-model")
 
     def use_model(self, model, cache_dir=None) -> None:
         """Use a :class:`~napari_vfmseg.models.LoadedModel` already in memory (scripts, tests)."""
@@ -511,6 +514,8 @@ class AnnotatorWidget(QWidget):
 
     def use_segmenter(self, segmenter) -> None:
         """Use ``segmenter`` (a :class:`~napari_vfmseg.engine.Segmenter`) for every prediction from now on."""
+        if self._loading is not None:
+            self._loading.cancel()
         self._loading = None
         self.engine.set_segmenter(segmenter)
         self.model_panel.show_model(self._model_text())
@@ -913,11 +918,9 @@ class AnnotatorWidget(QWidget):
         ]
         return actions + ([("t", lambda _: self.toggle_polarity())] if toggle else [])
 
-    def _bind_viewer_keys(self) -> None:
-        for key, action in self._key_actions(toggle=False):
-            self._key_restore.append((key, self.viewer.bind_key(key, action, overwrite=True)))
-
     def _bind_layer_keys(self, layer, toggle: bool) -> None:
+        """Bind the shortcuts on one of the widget's own layers (prompts, preview), never on the viewer:
+        they then go away with the layers when the image changes or the dock closes."""
         for key, action in self._key_actions(toggle):
             layer.bind_key(key, action, overwrite=True)
 
@@ -941,16 +944,46 @@ class AnnotatorWidget(QWidget):
         self._notify("error", message)
 
     def shutdown(self) -> None:
-        """Stop background work and give the viewer its key bindings back (called when the widget closes)."""
+        """Stop for good: called when the dock closes (napari re-parents the widget) or the widget closes.
+
+        Viewer and layer event handlers are disconnected; the prompt and preview layers (and the
+        shortcuts bound on them) are removed, the objects layer stays; a model still loading is
+        dropped; a fine-tuning round is cancelled; queued engine jobs are dropped and the engine
+        is closed on a background thread once its running job returns (:attr:`closing`), after
+        which nothing here holds the model any more.
+        """
         if self._closed:
             return
         self._closed = True
-        self._loading = None
-        self.engine.close()
-        for key, previous in self._key_restore:
-            self.viewer.bind_key(key, previous, overwrite=True)
+        if self._loading is not None:
+            self._loading.cancel()
+            self._loading = None
+        self._step_timer.stop()
         for emitter, handler in self._events:
-            emitter.disconnect(handler)
+            try:
+                emitter.disconnect(handler)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        self.finetune_panel.shutdown()
+        try:
+            self._detach()
+        except RuntimeError:   # the viewer's Qt objects are already gone (application exit)
+            pass
+        self.closing = self.engine.close()
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`shutdown`."""
+        return self._closed
+
+    def event(self, event) -> bool:  # noqa: D401 - Qt API
+        # napari closes a dock by taking the widget out of it (setParent(None)), without close().
+        if event.type() == QEvent.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked and not self._closed:
+                self.shutdown()
+        return super().event(event)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         self.shutdown()

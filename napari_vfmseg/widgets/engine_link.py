@@ -20,7 +20,7 @@ from qtpy.QtCore import QObject, Signal
 
 from napari_vfmseg.widgets.planes import Plane
 from napari_vfmseg.widgets.session import AnnotationSession
-from napari_vfmseg.widgets.workers import JobQueue, watch_prefetch
+from napari_vfmseg.widgets.workers import JobQueue, start_thread, watch_prefetch
 
 __all__ = ["EngineLink"]
 
@@ -105,11 +105,24 @@ class EngineLink(QObject):
         self._ready = False
         self._embedded = set()
 
-    def close(self) -> None:
+    def close(self) -> Optional[threading.Thread]:
+        """Stop for good: jobs dropped, background work cancelled, and the segmenter closed (its
+        prefetch joined, disk writes flushed, decoder state cleared) on a daemon thread once the
+        running job returns. The link forgets the segmenter at once. Returns that thread (None
+        without a segmenter)."""
         self.detach()
         self.jobs.close()
-        if self.segmenter is not None:
-            self.segmenter.cancel()
+        segmenter, self.segmenter = self.segmenter, None
+        if segmenter is None:
+            return None
+        segmenter.cancel()
+        jobs = self.jobs
+
+        def close_engine() -> None:
+            jobs.wait()
+            segmenter.close()
+
+        return start_thread(close_engine, "vfmseg-close-engine")
 
     # ------------------------------------------------------------------ the image
 

@@ -161,6 +161,7 @@ class FinetunePanel(QWidget):
         self._reembedding = False
         self._status = ""
         self._counts: Optional[dict] = None
+        self._round_call = None
 
         layout = QVBoxLayout(self)
         layout.setSizeConstraint(QLayout.SetMinimumSize)  # word-wrapped labels must not squeeze the form rows
@@ -262,6 +263,15 @@ class FinetunePanel(QWidget):
         self._pending_project: Optional[str] = str(project if project is not None else default_project_folder())
         self.project_edit.setText(self._pending_project)
         self.refresh()
+
+    def shutdown(self) -> None:
+        """The annotator is closing: cancel a running round (nothing is saved) and drop its result."""
+        self._count_timer.stop()
+        _set_all(self._round_events)
+        if self._round_call is not None:
+            self._round_call.cancel()
+            self._round_call = None
+        self.running = False
 
     # ================================================================== project and versions
 
@@ -534,7 +544,7 @@ class FinetunePanel(QWidget):
         self.progress_bar.setRange(0, 0)
         self.status_label.setText(f"preparing a {config.mode} round on a copy of {model.name} …")
         self._update_controls()
-        run_in_background(job, self._on_done, self._on_failed)
+        self._round_call = run_in_background(job, self._on_done, self._on_failed, name="vfmseg-finetune-round")
         return True
 
     def cancel(self) -> None:
