@@ -115,9 +115,9 @@ def geometry_from_layer(metadata: dict, scale, translate, ndim: int, *, rotate=N
     direction = linear / spacing
     cosines = direction.T @ direction - np.eye(ndim)
     if np.max(np.abs(cosines)) > _ORTHOGONAL_TOL:
-        worst = float(np.degrees(np.arccos(np.clip(1.0 - np.max(np.abs(cosines)), -1.0, 1.0))))
+        angle = float(np.degrees(np.arccos(np.clip(np.max(np.abs(cosines)), 0.0, 1.0))))
         raise LabelWriteError(
-            f"{where}: the layer is sheared (two of its axes meet at {90.0 - worst:.2f} degrees instead of 90); "
+            f"{where}: the layer is sheared (two of its axes meet at {angle:.2f} degrees instead of 90); "
             "label files store orthogonal axes only, so it cannot be written without moving voxels. Set the "
             "layer's shear to 0, or draw the labels on a layer placed like the scan"
         )

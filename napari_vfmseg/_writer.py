@@ -12,12 +12,31 @@ from napari_vfmseg.io import LabelWriteError, write_labels
 from napari_vfmseg.io.formats import DICOM_SUFFIXES, path_extension
 
 
+class LayerWriteError(RuntimeError):
+    """A labels layer cannot be written; the message names the file, the layer and the problem.
+
+    Not a ValueError on purpose: napari reads a ValueError from a writer as "no writer found" and
+    drops its message, so the user would never learn why nothing was saved.
+    """
+
+
 def write_labels_layer(path: str, data: Any, meta: dict) -> list[str]:
     """Write one labels layer; return the written path (napari's single-layer writer contract).
 
     ``meta`` is the layer's state as napari passes it (``metadata``, ``scale``, ``translate``,
-    ``rotate``, ``shear``, ``affine``, ``name``). A sheared layer is refused with a message.
+    ``rotate``, ``shear``, ``affine``, ``name``).
+
+    Raises:
+        LayerWriteError: a sheared layer, a DICOM-SEG without a DICOM source, bad labels, an
+            unwritable path (the io layer's LabelWriteError, re-raised so napari shows it).
     """
+    try:
+        return _write(path, data, meta)
+    except LabelWriteError as exc:
+        raise LayerWriteError(str(exc)) from exc
+
+
+def _write(path: str, data: Any, meta: dict) -> list[str]:
     labels = np.asarray(data)
     ndim = labels.ndim
     metadata = meta.get("metadata") or {}

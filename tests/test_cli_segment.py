@@ -196,3 +196,31 @@ def test_parse_prompts_groups_by_plane():
     assert keys[3].box == (5.0, 8.0, 10.0, 20.0)  # corners put in order
     assert keys[3].points == [(7.0, 7.0)] and keys[3].labels == [1]
     assert keys[9].box is None and keys[9].labels == [1, 0]
+
+
+def test_dicom_seg_output_references_the_series(capsys, tmp_path, tiny_model):
+    from _dicom_builders import clean_series
+    from _io_helpers import oblique_direction_itk
+    from napari_vfmseg.io.dicom_seg import read_segmentation
+
+    folder, _, uid = clean_series(tmp_path / "ct", shape=(6, 24, 28), direction=oblique_direction_itk()[::-1, ::-1])
+    out = tmp_path / "mask.dcm"
+    code, _, stderr = run_cli(capsys, folder, "--box", "2,4,5,18,20", "--model", tiny_model, "--device", "cpu",
+                              "--out", out, "--label", "4", "--name", "kidney", "--json")
+    assert code == 0, stderr
+    with pytest.warns(UserWarning, match="oblique"):
+        labels, source = read_segmentation(out, source=folder)
+    assert labels.array.shape == (6, 24, 28) and set(np.unique(labels.array)) == {0, 4}
+    assert labels.array[[0, 1, 3, 4, 5]].max() == 0  # only the key plane was segmented
+    assert labels.metadata["label_names"] == {4: "kidney"}
+    np.testing.assert_allclose(labels.affine, source.affine)
+    import pydicom
+
+    seg = pydicom.dcmread(out)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+    assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == tiny_model
+
+
+def test_dicom_seg_output_needs_a_dicom_volume(capsys, volume_file, tmp_path):
+    code, _, stderr = run_cli(capsys, volume_file, "--box", "5,4,10,16,26", "--out", tmp_path / "m.dcm")
+    assert code == 2 and "not a DICOM series folder" in stderr and stderr.strip().count("\n") == 0
