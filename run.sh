@@ -32,7 +32,7 @@ if [ ! -f "$stamp" ]; then
   else
     "${PIP[@]}" install -q torch==2.14.1 torchvision==0.29.1
   fi
-  "${PIP[@]}" install -q "${CONSTRAINTS[@]}" -e ".[testing]"
+  "${PIP[@]}" install -q "${CONSTRAINTS[@]}" -e ".[testing,federated]"
   rm -f "$VENV"/.vfmseg-installed-*
   touch "$stamp"
 fi

@@ -21,6 +21,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("evaluate", "napari_vfmseg.cli.evaluate"),
     ("finetune", "napari_vfmseg.cli.finetune"),
     ("segment", "napari_vfmseg.cli.segment"),
+    ("federated", "napari_vfmseg.cli.federated"),
     ("distill", "napari_vfmseg.cli.distill"),
 ]
 
