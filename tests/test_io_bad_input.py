@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,3 +147,117 @@ def test_4d_data_is_refused(tmp_path):
 def test_multicomponent_data_that_is_not_rgb_is_refused(tmp_path, array, name):
     path = write_itk(tmp_path / name, array, is_vector=True)
     _expect_error(path, "3 values per voxel")
+
+
+# ------------------------------------------------------------------ issue 23: more broken inputs
+
+
+@pytest.mark.parametrize("value", [0.0, float("nan"), -1.5])
+def test_nifti_with_invalid_spacing(tmp_path, value):
+    path = write_itk(tmp_path / "bad_spacing.nii", ramp_volume((3, 4, 5)))
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<f", data, 80, value)  # pixdim[1]: the spacing along x
+    path.write_bytes(bytes(data))
+    message = _expect_error(path, "invalid voxel spacing")
+    assert "pixdim[1]" in message
+
+
+def test_compressed_nifti_with_zero_spacing(tmp_path):
+    plain = write_itk(tmp_path / "plain.nii", ramp_volume((3, 4, 5)))
+    data = bytearray(plain.read_bytes())
+    struct.pack_into("<f", data, 84, 0.0)  # pixdim[2]
+    path = tmp_path / "zero.nii.gz"
+    path.write_bytes(gzip.compress(bytes(data)))
+    _expect_error(path, r"invalid voxel spacing \(pixdim\[2\] = 0\)")
+
+
+@pytest.mark.parametrize("data_file", ["../outside.raw", "/etc/hostname"])
+def test_nrrd_whose_data_file_is_outside_its_folder(tmp_path, data_file):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (tmp_path / "outside.raw").write_bytes(bytes(2 * 3 * 4))
+    header = folder / "detached.nhdr"
+    header.write_text("NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 3 2\nencoding: raw\n"
+                      f"data file: {data_file}\n")
+    message = _expect_error(header, "lies outside the header's folder")
+    assert data_file in message
+
+
+def test_metaimage_whose_data_file_is_outside_its_folder(tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (tmp_path / "outside.raw").write_bytes(bytes(2 * 3 * 4))
+    header = folder / "detached.mhd"
+    header.write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 3 2\nElementType = MET_UCHAR\n"
+                      "ElementDataFile = ../outside.raw\n")
+    _expect_error(header, "lies outside the header's folder")
+
+
+def test_nrrd_with_its_data_file_beside_it_still_reads(tmp_path):
+    (tmp_path / "inside.raw").write_bytes(bytes(range(24)))
+    header = tmp_path / "detached.nhdr"
+    header.write_text("NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 3 2\nencoding: raw\ndata file: inside.raw\n")
+    assert read_volume(header).array.shape == (2, 3, 4)
+
+
+def _labels_case(tmp_path, array, name="labels.nii.gz"):
+    from napari_vfmseg.io import Volume
+
+    scan = Volume(np.zeros((4, 5, 6), np.int16), spacing=(2.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    path = tmp_path / name
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 2.0)[-array.ndim:])
+    sitk.WriteImage(image, str(path))
+    return path, scan
+
+
+@pytest.mark.parametrize(
+    ("array", "pattern"),
+    [
+        (np.zeros((4, 5, 7), np.uint8), r"label map of shape \(4, 5, 7\) does not match the scan's shape \(4, 5, 6\)"),
+        (np.full((4, 5, 6), -2, np.int16), "negative values"),
+        (np.full((4, 5, 6), 1.5, np.float32), r"non-integer values \(e.g. 1.5\)"),
+    ],
+)
+def test_bad_label_files(tmp_path, array, pattern):
+    from napari_vfmseg.io import read_labels
+
+    path, scan = _labels_case(tmp_path, array)
+    with pytest.raises(VolumeReadError, match=pattern) as info:
+        read_labels(path, like=scan)
+    assert "labels.nii.gz" in str(info.value)
+
+
+def test_label_file_placed_elsewhere_is_refused(tmp_path):
+    from napari_vfmseg.io import read_labels
+
+    path, scan = _labels_case(tmp_path, np.zeros((4, 5, 6), np.uint8))
+    moved = sitk.ReadImage(str(path))
+    moved.SetOrigin((0.0, 0.0, 10.0))
+    sitk.WriteImage(moved, str(path))
+    with pytest.raises(VolumeReadError, match="label map's origin .* differs from the scan's"):
+        read_labels(path, like=scan)
+    assert read_labels(path).array.dtype == np.uint8  # without a scan to match, the file itself is fine
+
+
+def test_2d_image_given_to_a_3d_only_command(tmp_path, capsys):
+    from napari_vfmseg.cli import main
+
+    path = write_itk(tmp_path / "photo.png", ramp_volume((1, 30, 40), np.uint8)[0])
+    code = main(["embed", str(path), "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "photo.png" in err and "needs a 3D volume" in err and err.count("\n") == 0
+
+
+def test_dicom_segmentation_given_as_a_scan(tmp_path):
+    import warnings
+
+    from _dicom_builders import clean_series
+    from napari_vfmseg.io import write_dicom_seg
+
+    folder, _, _ = clean_series(tmp_path / "ct", shape=(3, 4, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        source = read_volume(folder)
+    seg = write_dicom_seg(tmp_path / "seg.dcm", np.ones((3, 4, 5), np.uint8), source)
+    _expect_error(Path(seg), "is a DICOM Segmentation")
