@@ -3,7 +3,8 @@
 :func:`save_global_adapter` writes the round's global adapter as a normal adapter file (atomic,
 safetensors): the shared ``A`` (FFA) or the averaged ``A`` (FedAvg) with the averaged ``B``, and
 metadata that says round, sites, examples and strategy, so ``apply_adapter`` and the viewer load
-it like any adapter. :class:`RunRecord` is the JSON report written beside it after every round
+it like any adapter; ``NAME.safetensors`` always holds the latest round and ``NAME.round<N>.
+safetensors`` each round's (:func:`round_path`). :class:`RunRecord` is the JSON report written beside it after every round
 (``<adapter>.rounds.json``): per round, per site, the tensors received, their bytes, the examples
 and the held-out Dice.
 """
@@ -25,7 +26,8 @@ from napari_vfmseg.training.adapters import AdapterInfo, save_adapter
 from napari_vfmseg.federated.config import FederatedConfig
 from napari_vfmseg.federated.shared_lora import get_tensors, lora_names
 
-__all__ = ["SiteReport", "RoundRecord", "RunRecord", "save_global_adapter", "report_path", "model_bytes"]
+__all__ = ["SiteReport", "RoundRecord", "RunRecord", "save_global_adapter", "report_path", "round_path",
+           "model_bytes"]
 
 
 def report_path(adapter_path: str | Path) -> Path:
@@ -33,6 +35,13 @@ def report_path(adapter_path: str | Path) -> Path:
     path = Path(adapter_path)
     return path.with_name(path.name[: -len(".safetensors")] + ".rounds.json") if path.name.endswith(
         ".safetensors") else path.with_name(path.name + ".rounds.json")
+
+
+def round_path(adapter_path: str | Path, server_round: int) -> Path:
+    """Where round ``server_round``'s global adapter is kept: ``NAME.round<N>.safetensors``."""
+    path = Path(adapter_path)
+    stem = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.name
+    return path.with_name(f"{stem}.round{int(server_round)}.safetensors")
 
 
 def model_bytes(model: LoadedModel) -> int:

@@ -21,8 +21,13 @@ from typing import Optional, Sequence
 import numpy as np
 
 from napari_vfmseg.models.base import LoadedModel
-from napari_vfmseg.training.data import IMAGE_SUFFIXES, MASK_TAGS, LabelledImage, split_by_plane_blocks
-from napari_vfmseg.training.rounds import gather_examples
+from napari_vfmseg.training.data import (
+    IMAGE_SUFFIXES,
+    MASK_TAGS,
+    LabelledImage,
+    pairs_from_volume,
+    split_by_plane_blocks,
+)
 
 from napari_vfmseg.federated.config import FederatedConfig
 from napari_vfmseg.federated.local import Plane, evaluate_planes, frame_planes, train_lora
@@ -71,7 +76,7 @@ def find_site_files(folder: str | Path) -> tuple[Path, Path]:
 def read_labelled_planes(image: str | Path, labels: str | Path, axis: int = 0, window=None,
                          min_pixels: int = 20) -> list[LabelledImage]:
     """The labelled planes of a scan and its label map (same shape and spacing, else an error naming
-    both files), windowed as the engine windows the scan."""
+    both files), windowed as the engine windows the scan, each with its pixels' true aspect."""
     from napari_vfmseg.io import read_volume
 
     vol, lab = read_volume(image), read_volume(labels)
@@ -85,8 +90,8 @@ def read_labelled_planes(image: str | Path, labels: str | Path, axis: int = 0, w
         if not np.array_equal(rounded, label_array):
             raise ValueError(f"{labels}: label map holds non-integer values; expected integer label ids")
         label_array = rounded.astype(np.int32)
-    pairs = gather_examples(np.asarray(vol.array), label_array, axis=axis, window=window, modality=vol.modality,
-                            source=Path(image).name, min_pixels=min_pixels)
+    pairs = pairs_from_volume(np.asarray(vol.array), label_array, axis=axis, window=window, min_pixels=min_pixels,
+                              source=Path(image).name, modality=vol.modality, spacing=vol.spacing)
     if not pairs:
         raise ValueError(f"{labels}: no plane along axis {axis} holds an object of at least {min_pixels} pixels")
     return pairs

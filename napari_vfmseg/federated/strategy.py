@@ -22,9 +22,9 @@ from flwr.serverapp.strategy import FedAvg
 
 from napari_vfmseg.models.base import LoadedModel
 
-from napari_vfmseg.federated.aggregate import check_payload, payload_bytes, weighted_mean
+from napari_vfmseg.federated.aggregate import Reply, aggregate_replies, payload_bytes
 from napari_vfmseg.federated.config import FederatedConfig
-from napari_vfmseg.federated.result import RunRecord, SiteReport, report_path, save_global_adapter
+from napari_vfmseg.federated.result import RunRecord, SiteReport, report_path, round_path, save_global_adapter
 
 __all__ = ["LoRAStrategy"]
 
@@ -34,6 +34,21 @@ logger = logging.getLogger(__name__)
 def _site_name(message: Message) -> str:
     record = message.content.config_records.get("site") if message.has_content() else None
     return str(record["name"]) if record is not None and "name" in record else f"node {message.metadata.src_node_id}"
+
+
+def _unpack(message: Message) -> Reply:
+    """A Flower reply as plain data: every array record (so extra ones are seen and refused)."""
+    name, node = _site_name(message), int(message.metadata.src_node_id)
+    if message.has_error():
+        return Reply(name, node, error=str(message.error.reason))
+    content = message.content
+    metrics = content.metric_records.get("metrics")
+    arrays = {key: {k: record[k].numpy() for k in record.keys()} for key, record in content.array_records.items()}
+    size = int(sum(record.count_bytes() for record in content.array_records.values()))
+    if metrics is None or "num-examples" not in metrics:
+        return Reply(name, node, arrays, 0, size, error="the reply has no 'num-examples' metric")
+    return Reply(name, node, arrays, int(metrics["num-examples"]), size,
+                 float(metrics.get("train-loss", float("nan"))))
 
 
 class LoRAStrategy(FedAvg):
@@ -79,52 +94,34 @@ class LoRAStrategy(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
-        replies = list(replies)
+        result = aggregate_replies([_unpack(m) for m in replies], self.names, server_round)
+        for reply, reason in result.refused:
+            logger.warning("refused reply: %s", reason)
         record = self.record.round(server_round) if self.record else None
-        updates, weights, sites = [], [], []
-        for message in replies:
-            name = _site_name(message)
-            if message.has_error():
-                reason = f"round {server_round}, {name}: {message.error.reason}"
-                logger.warning("refused reply: %s", reason)
-                if record is not None:
-                    record.sites.append(SiteReport(name, message.metadata.src_node_id, error=message.error.reason))
-                    self.record.errors.append(reason)
-                continue
-            content = message.content
-            try:
-                if list(content.array_records) != ["arrays"]:
-                    raise ValueError(f"{name}: expected one array record 'arrays', got {list(content.array_records)}")
-                arrays = content.array_records["arrays"]
-                check_payload(arrays.keys(), self.names, source=f"round {server_round}, {name}")
-                metrics = content.metric_records["metrics"]
-                examples = int(metrics["num-examples"])
-            except (KeyError, ValueError) as exc:
-                logger.warning("refused reply: %s", exc)
-                if self.record is not None:
-                    self.record.errors.append(str(exc))
-                continue
-            tensors = {key: arrays[key].numpy() for key in arrays.keys()}
-            updates.append(tensors)
-            weights.append(examples)
-            sites.append(name)
-            if record is not None:
-                record.sites.append(SiteReport(
-                    name, message.metadata.src_node_id, examples, sorted(tensors), int(arrays.count_bytes()),
-                    payload_bytes(tensors), float(metrics.get("train-loss", float("nan")))))
-        if not updates:
-            return None, None
-        aggregated = weighted_mean(updates, weights)
-        path = save_global_adapter(self.out, self.model, aggregated, self.config, server_round, sites, sum(weights))
         if record is not None:
-            record.examples = int(sum(weights))
-            record.adapter = str(path)
+            self.record.errors += [reason for _, reason in result.refused]
+            record.sites += [SiteReport(r.site, r.node_id, error=reason) for r, reason in result.refused]
+            record.sites += [SiteReport(r.site, r.node_id, r.examples, sorted(r.arrays["arrays"]), r.payload_bytes,
+                                        payload_bytes(r.arrays["arrays"]), r.train_loss) for r in result.accepted]
+        if result.tensors is None:
+            if record is not None:
+                self.record.write(report_path(self.out))
+            return None, None
+        sites = [r.site for r in result.accepted]
+        path = save_global_adapter(self.out, self.model, result.tensors, self.config, server_round, sites,
+                                   result.examples)
+        save_global_adapter(round_path(self.out, server_round), self.model, result.tensors, self.config,
+                            server_round, sites, result.examples)
+        if record is not None:
+            record.examples = result.examples
+            record.adapter = str(round_path(self.out, server_round))
             if self.evaluate_test is not None:
-                record.test = self.evaluate_test(aggregated)
+                record.test = self.evaluate_test(result.tensors)
             self.record.write(report_path(self.out))
         logger.info("round %d: averaged %d site(s), %d examples; global adapter %s", server_round,
-                    len(updates), sum(weights), path)
-        return ArrayRecord({k: Array(v) for k, v in aggregated.items()}), MetricRecord({"num-examples": int(sum(weights))})
+                    len(sites), result.examples, path)
+        arrays = ArrayRecord({k: Array(v) for k, v in result.tensors.items()})
+        return arrays, MetricRecord({"num-examples": result.examples})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> Optional[MetricRecord]:
         replies = list(replies)
