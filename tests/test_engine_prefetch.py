@@ -27,10 +27,10 @@ class SlowEncoder:
     """Wraps a segmenter's encoder: records which planes' batches ran and sleeps to widen races."""
 
     def __init__(self, segmenter: Segmenter, delay: float) -> None:
-        self.inner = segmenter._encoder
+        self.inner = segmenter.embeddings._encoder
         self.delay = delay
         self.batches: list[int] = []
-        segmenter._encoder = self
+        segmenter.embeddings._encoder = self
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -168,7 +168,7 @@ def test_errors_in_the_worker_reach_wait(model):
     handle = segmenter.prefetch()
     with pytest.raises(RuntimeError, match="encoder exploded"):
         handle.wait(60)
-    assert segmenter._inflight == {}  # nothing left claimed: a later request can try again
+    assert segmenter.embeddings._inflight == {}  # nothing left claimed: a later request can try again
 
 
 def test_prefetch_from_a_given_centre_and_embedding_queries(model, tmp_path):

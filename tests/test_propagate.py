@@ -343,9 +343,9 @@ class SlowEncoder:
     """Wraps a segmenter's encoder, sleeps in each call and records when each call ran."""
 
     def __init__(self, segmenter: Segmenter, delay: float) -> None:
-        self.inner, self.delay = segmenter._encoder, delay
+        self.inner, self.delay = segmenter.embeddings._encoder, delay
         self.intervals: list[tuple[float, float]] = []
-        segmenter._encoder = self
+        segmenter.embeddings._encoder = self
 
     def __getattr__(self, name):
         return getattr(self.inner, name)

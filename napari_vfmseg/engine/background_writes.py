@@ -10,6 +10,7 @@ import atexit
 import concurrent.futures.thread  # noqa: F401 - its exit hook must be registered before ours (see below)
 import os
 import threading
+import time
 import warnings
 import weakref
 from collections import OrderedDict
@@ -57,6 +58,11 @@ class BackgroundWriter:
     a warning) and its item is dropped; the thread goes on. The thread starts on demand and ends
     when the queue is empty. When the main thread ends, queued items are written before the
     interpreter shuts down the thread pools that file I/O needs.
+
+    A writer thread that dies (an exception that is not an ``Exception``, such as ``SystemExit``
+    raised inside a write) never leaves a caller waiting: ``flush`` then reports the items left to
+    ``on_error``, drops them and returns False, and the next ``submit`` starts a new thread.
+    ``_cond`` guards the queue, the thread handle and the counters.
     """
 
     def __init__(self, write: Callable[[str, Any], Any], on_error: Optional[Callable[[str, BaseException], None]] = None,
@@ -78,13 +84,17 @@ class BackgroundWriter:
         with self._cond:
             if key in self._queue:
                 return
-            while len(self._queue) >= self.max_queued:
-                self._cond.wait()
+            while len(self._queue) >= self.max_queued and self._writer_alive():
+                self._cond.wait(timeout=1.0)
             self._queue[key] = value
             _LIVE.add(self)
-            if self._thread is None:
+            if not self._writer_alive():
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
+
+    def _writer_alive(self) -> bool:
+        """True while the writer thread runs (call with ``_cond`` held)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def pending(self, key: str) -> Optional[Any]:
         """The value queued under ``key`` whose write has not finished yet, else None."""
@@ -100,7 +110,28 @@ class BackgroundWriter:
         if threading.current_thread() is self._thread:
             raise RuntimeError("flush() called from the writer thread itself")
         with self._cond:
-            return self._cond.wait_for(lambda: not self._queue, timeout)
+            # A dead writer wakes nobody: poll its liveness every second as well.
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self._queue and self._writer_alive():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(timeout=1.0 if left is None else min(1.0, left))
+            if not self._queue:
+                return True
+            lost = list(self._queue)
+            self._queue.clear()
+            self.failed += len(lost)
+            self._cond.notify_all()
+        for key in lost:
+            self._report(key, RuntimeError("the background writer thread ended before writing it"))
+        return False
+
+    def _report(self, key: str, error: BaseException) -> None:
+        try:
+            self._on_error(key, error)
+        except Exception:
+            pass
 
     def _forget(self) -> None:
         self._cond = threading.Condition()  # the parent's lock may have been held at the fork
@@ -108,6 +139,15 @@ class BackgroundWriter:
         self._thread = None
 
     def _run(self) -> None:
+        try:
+            self._write_all()
+        finally:  # also when the thread dies of a BaseException: waiters must see it gone
+            with self._cond:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                self._cond.notify_all()
+
+    def _write_all(self) -> None:
         while True:
             with self._cond:
                 if not self._queue:
@@ -120,10 +160,7 @@ class BackgroundWriter:
                 failed = False
             except Exception as error:  # a cache write must never kill the thread or lose the others
                 failed = True
-                try:
-                    self._on_error(key, error)
-                except Exception:
-                    pass
+                self._report(key, error)
             with self._cond:
                 self._queue.pop(key, None)
                 self.failed += failed

@@ -11,7 +11,11 @@ Disk layout: ``<cache_dir>/embeddings-v1/<key[:2]>/<key>.zarr``, one zarr v3 gro
 holding a float16 array ``features`` (C, h, w) (zstd level 1) and attributes with the sizes needed by
 post-processing and the sha256 of the stored float16 bytes. An entry is written to a temporary
 folder beside its final place and renamed, so readers never see half an entry; an entry whose
-checksum or metadata does not match is deleted and reported as a miss, never served.
+checksum or metadata does not match is deleted, counted (``DiskCache.damaged_entries`` and the
+folder's ``damaged.json``) and reported as a miss, never served. The folder is bounded: after a
+write, least recently used entries are evicted beyond ``max_bytes`` (see
+:mod:`~napari_vfmseg.engine.cache_folder`, which also purges all or one scan's entries). Each entry
+records the fingerprint of the scan it came from (:func:`scan_fingerprint`).
 ``DiskCache.put_later`` writes on a background thread (the engine uses it, so that encoding never
 waits for the disk); until the write has finished, the entry is served from the queue, rounded to
 float16 as the disk would return it.
@@ -29,11 +33,12 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 
+from napari_vfmseg.engine import cache_folder
 from napari_vfmseg.engine.background_writes import BackgroundWriter
 
 __all__ = [
@@ -42,11 +47,13 @@ __all__ = [
     "DiskCache",
     "embedding_key",
     "default_memory_bytes",
+    "scan_fingerprint",
+    "lazy_scan_fingerprint",
     "CACHE_FORMAT",
 ]
 
 CACHE_FORMAT = "napari-vfmseg-embedding-v1"
-_DISK_SUBDIR = "embeddings-v1"
+_DISK_SUBDIR = cache_folder.SUBDIR
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,31 @@ def embedding_key(
     digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
     digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def scan_fingerprint(array: np.ndarray) -> str:
+    """32 hex digits identifying an image or volume by its dtype, shape and values, as given to the
+    segmenter (``Volume.array`` of a file read with ``napari_vfmseg.io.read_volume``): the disk cache
+    records it with every entry, so ``vfmseg cache purge --scan FILE`` finds that scan's entries."""
+    data = np.ascontiguousarray(array)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps({"dtype": data.dtype.str, "shape": list(data.shape)}).encode())
+    digest.update(memoryview(data.reshape(-1).view(np.uint8)))
+    return digest.hexdigest()
+
+
+def lazy_scan_fingerprint(array: np.ndarray) -> Callable[[], str]:
+    """A function returning :func:`scan_fingerprint` of ``array``, computed once on its first call
+    (the disk writer's thread calls it, so setting an image costs no hashing)."""
+    lock, value = threading.Lock(), []
+
+    def fingerprint() -> str:
+        with lock:
+            if not value:
+                value.append(scan_fingerprint(array))
+            return value[0]
+
+    return fingerprint
 
 
 def default_memory_bytes() -> int:
@@ -165,19 +197,32 @@ class MemoryCache:
 
 
 class DiskCache:
-    """Content-keyed float16 embeddings in zarr v3 groups under ``root`` (see the module docstring)."""
+    """Content-keyed float16 embeddings in zarr v3 groups under ``root`` (see the module docstring).
 
-    def __init__(self, root: Union[str, os.PathLike]) -> None:
+    ``max_bytes``: size limit of the folder, bytes or a string such as ``"4G"`` (None:
+    ``$VFMSEG_CACHE_MAX_BYTES``, else 4 GiB); least recently used entries are evicted beyond it.
+    """
+
+    def __init__(self, root: Union[str, os.PathLike], max_bytes: Optional[Union[int, str]] = None) -> None:
         self.root = Path(root).expanduser()
         self.folder = self.root / _DISK_SUBDIR
+        self.max_bytes = cache_folder.configured_max_bytes(max_bytes)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OSError(f"cannot create the embedding cache folder {self.folder}: {exc}") from exc
-        self.corrupt_entries = 0  # entries found damaged, deleted and recomputed
-        self._lock = threading.Lock()
+        self.corrupt_entries = 0  # entries found damaged by this instance, deleted and recomputed
+        self.evicted_entries = 0  # entries this instance removed to stay within max_bytes
+        self._lock = threading.Lock()  # guards the two counters above, _usage and _scans
+        self._usage: Optional[int] = None  # running estimate of the folder's bytes (None: not measured yet)
+        self._scans: dict[str, Callable[[], str]] = {}  # key queued for writing → its scan's fingerprint
         self._writes = BackgroundWriter(lambda key, embedding: self.put(key, embedding), self._write_failed,
                                         name="vfmseg-embedding-cache-writes")
+
+    @property
+    def damaged_entries(self) -> int:
+        """Entries this instance found damaged (deleted and recomputed)."""
+        return self.corrupt_entries
 
     def path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.zarr"
@@ -185,9 +230,13 @@ class DiskCache:
     def __contains__(self, key: str) -> bool:
         return self._writes.pending(key) is not None or self.path(key).is_dir()
 
-    def put_later(self, key: str, embedding: Embedding) -> None:
+    def put_later(self, key: str, embedding: Embedding, scan: Optional[Callable[[], str]] = None) -> None:
         """Queue ``embedding`` for :meth:`put` on the background thread; returns at once (unless 8
-        entries already wait, then when one is written). A failed write warns and is dropped."""
+        entries already wait, then when one is written). A failed write warns and is dropped.
+        ``scan``: returns the fingerprint of the scan it came from (called on the writer thread)."""
+        if scan is not None:
+            with self._lock:
+                self._scans[key] = scan
         self._writes.submit(key, embedding)
 
     def flush(self, timeout: Optional[float] = None) -> bool:
@@ -204,12 +253,18 @@ class DiskCache:
 
     def get(self, key: str) -> Optional[Embedding]:
         """The stored embedding as float32, or None when absent or damaged (a damaged entry is deleted)."""
+        return self.lookup(key)[0]
+
+    def lookup(self, key: str) -> tuple[Optional[Embedding], bool]:
+        """(the stored embedding as float32 or None, whether the entry was found damaged). A damaged
+        entry is deleted, counted in :attr:`damaged_entries` and in the folder's record, never served."""
         queued = self._writes.pending(key)
         if queued is not None:  # not on disk yet: what the disk will return
-            return Embedding(queued.features.to(torch.float16).to(torch.float32), queued.original_size, queued.input_size)
+            features = queued.features.to(torch.float16).to(torch.float32)
+            return Embedding(features, queued.original_size, queued.input_size), False
         path = self.path(key)
         if not path.is_dir():
-            return None  # a miss: no zarr import (a quarter of a second) on the way to the encoder
+            return None, False  # a miss: no zarr import (a quarter of a second) on the way to the encoder
         import zarr
 
         try:
@@ -224,13 +279,17 @@ class DiskCache:
                 raise ValueError("checksum mismatch")
             original_size = tuple(int(v) for v in attrs["original_size"])
             input_size = tuple(int(v) for v in attrs["input_size"])
-        except Exception:  # any damage: unreadable metadata, truncated chunk, wrong checksum
+        except Exception as exc:  # any damage: unreadable metadata, truncated chunk, wrong checksum
+            if not path.is_dir():
+                return None, False  # evicted or purged while being read: a plain miss
             with self._lock:
                 self.corrupt_entries += 1
-            shutil.rmtree(path, ignore_errors=True)
-            return None
+            cache_folder.remove_entry(path)
+            cache_folder.record_damaged(self.root, key, f"{type(exc).__name__}: {exc}"[:200])
+            return None, True
+        cache_folder.touch(path)  # least recently used goes first when the folder is full
         features = torch.from_numpy(data.astype(np.float32))
-        return Embedding(features, original_size, input_size)  # type: ignore[arg-type]
+        return Embedding(features, original_size, input_size), False  # type: ignore[arg-type]
 
     def put(self, key: str, embedding: Embedding) -> int:
         """Write ``embedding`` as float16 atomically (temporary folder + rename). Returns bytes on disk."""
@@ -238,6 +297,8 @@ class DiskCache:
         from zarr.codecs import ZstdCodec
 
         final = self.path(key)
+        with self._lock:
+            scan = self._scans.pop(key, None)
         if final.is_dir():
             return self.entry_bytes(key)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -250,6 +311,7 @@ class DiskCache:
             "sha256": hashlib.sha256(data.tobytes()).hexdigest(),
             "original_size": [int(v) for v in embedding.original_size],
             "input_size": [int(v) for v in embedding.input_size],
+            "scan": scan() if scan is not None else None,
         }
         try:
             # attributes and data in one go each: every separate attribute update rewrites the metadata
@@ -263,11 +325,29 @@ class DiskCache:
         finally:
             if temporary.exists():
                 shutil.rmtree(temporary, ignore_errors=True)
-        return self.entry_bytes(key)
+        written = self.entry_bytes(key)
+        self._keep_within_limit(key, written)
+        return written
+
+    def _keep_within_limit(self, key: str, written: int) -> None:
+        """Count ``written`` bytes; past ``max_bytes``, measure the folder and evict least recently
+        used entries (never ``key``, just written) down to 90 % of the limit."""
+        with self._lock:
+            usage = self._usage
+        if usage is None:  # first write of this instance: measure the folder once (it includes ``key``)
+            usage = sum(entry.bytes for entry in cache_folder.entries(self.root))
+        else:
+            usage += written
+        with self._lock:
+            self._usage = usage
+            over = usage > self.max_bytes
+        if not over:
+            return
+        left, removed = cache_folder.evict(self.root, self.max_bytes, keep=[key])
+        with self._lock:
+            self._usage = left
+            self.evicted_entries += removed
 
     def entry_bytes(self, key: str) -> int:
         """Bytes on disk of one entry (all its files), 0 if absent."""
-        path = self.path(key)
-        if not path.is_dir():
-            return 0
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return cache_folder.entry_bytes(self.path(key))

@@ -1,7 +1,8 @@
-"""Image and prompt geometry between napari and SAM: the only place that converts coordinates.
+"""Image and prompt geometry between napari and SAM.
 
 napari addresses pixels as (row, col); SAM's predictor takes points as (x, y) = (col, row) in the
-frame of the resized encoder input (long side = ``encoder_size``, 1024 for official SAM). This module
+frame of the resized encoder input (long side = ``encoder_size``, 1024 for official SAM); the swap
+itself is :func:`napari_vfmseg.engine.coords.rc_to_xy`, called for points and box corners. This module
 turns a slice of any dtype into SAM's 8-bit input, resizes it with segment-anything's own
 ``ResizeLongestSide`` (so the pixels match upstream ``SamPredictor`` exactly), normalises and pads it
 with ``Sam.preprocess``, converts (row, col) points and (row0, col0, row1, col1) boxes to SAM's
@@ -87,8 +88,8 @@ class Geometry:
     def box_to_sam(self, box_rc: Sequence[float]) -> np.ndarray:
         """Box (row0, col0, row1, col1) in slice pixels → (4,) float64 (x0, y0, x1, y1) in the encoder frame."""
         r0, c0, r1, c1 = (float(v) for v in np.asarray(box_rc, dtype=np.float64).reshape(4))
-        corners = np.array([[min(c0, c1), min(r0, r1)], [max(c0, c1), max(r0, r1)]], dtype=np.float64)
-        return self._xy_to_input(corners).reshape(4)
+        corners_rc = np.array([[min(r0, r1), min(c0, c1)], [max(r0, r1), max(c0, c1)]], dtype=np.float64)
+        return self._xy_to_input(rc_to_xy(corners_rc)).reshape(4)
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
+
+from napari_vfmseg.io.atomic import write_text_atomic
 
 if TYPE_CHECKING:
     from napari_vfmseg.models.registry import ModelSpec
@@ -71,10 +71,7 @@ def _record_verified(path: Path, sha256: str) -> None:
     """Write the sidecar atomically; a read-only folder only costs a re-hash next time."""
     record = {"sha256": sha256, **_stat_key(path)}
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle)
-        os.replace(tmp, _sidecar(path))
+        write_text_atomic(_sidecar(path), json.dumps(record), make_parents=False)
     except OSError as exc:  # pragma: no cover - depends on file-system permissions
         logger.warning("could not record the verified sha256 of %s: %s", path, exc)
 

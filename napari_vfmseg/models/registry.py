@@ -104,7 +104,7 @@ class ModelSpec:
     size_bytes: Optional[int] = None
     homepage: Optional[str] = None
     preprocess: str = "sam"
-    propagation: str = "generic"  # the 3D walk's preset: engine.propagate.PROPAGATION_PRESETS
+    propagation: str = "generic"  # the 3D walk's preset: engine.propagate.preset
     package_file: Optional[str] = None  # weights shipped in the napari_vfmseg package (no download)
 
     def __post_init__(self) -> None:
