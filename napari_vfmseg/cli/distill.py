@@ -42,6 +42,8 @@ def add_parser(subparsers) -> None:
                         help="synthetic slices as a share of the real planes (default 0.25; 0: none)")
     parser.add_argument("--window", default="auto",
                         help="intensity window: auto, percentile, a CT preset or LEVEL,WIDTH")
+    parser.add_argument("--timing-repeats", type=int, default=10,
+                        help="planes timed per encoder for teacher_encoder_ms / student_encoder_ms (default 10)")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
     parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -125,11 +127,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = distill(teacher, volumes, out, labels=labels, config=config, window=parse_window(args.window),
-                         progress=progress, resume=not args.no_resume)
+                         progress=progress, resume=not args.no_resume,
+                         timing_repeats=max(1, args.timing_repeats))
     finally:
         for bar in bars.values():
             bar.close()
-    summary = {"student": str(out), **result.card, "seconds": round(result.seconds, 2),
+    summary = {"student_file": str(out), **result.card, "seconds": round(result.seconds, 2),
                "checkpoint": result.checkpoint}
     if args.json:
         print(json.dumps(summary))
