@@ -137,7 +137,7 @@ def test_queued_writes_land_before_the_process_exits(tmp_path, close):
         segmenter = Segmenter(engine_loaded_model(seed=13), cache_dir={str(tmp_path)!r})
         write_now = segmenter.disk.put
         def slow_put(key, embedding):
-            time.sleep(0.3)
+            time.sleep(1.0)  # slower than an encoder call even on a loaded machine
             return write_now(key, embedding)
         segmenter.disk.put = slow_put
         segmenter.set_volume(np.random.default_rng(4).integers(0, 255, (3, 20, 24), dtype=np.uint8))

@@ -60,8 +60,9 @@ class BackgroundWriter:
     interpreter shuts down the thread pools that file I/O needs.
 
     A writer thread that dies (an exception that is not an ``Exception``, such as ``SystemExit``
-    raised inside a write) never leaves a caller waiting: ``flush`` then reports the items left to
-    ``on_error``, drops them and returns False, and the next ``submit`` starts a new thread.
+    raised inside a write) never leaves a caller waiting: the item it was writing is reported to
+    ``on_error`` and dropped; ``flush`` reports and drops the items left and returns False; the
+    next ``submit`` starts a new thread for what is queued then.
     ``_cond`` guards the queue, the thread handle and the counters.
     """
 
@@ -161,6 +162,12 @@ class BackgroundWriter:
             except Exception as error:  # a cache write must never kill the thread or lose the others
                 failed = True
                 self._report(key, error)
+            except BaseException as error:  # this thread ends: the item that ended it is not retried
+                with self._cond:
+                    self._queue.pop(key, None)
+                    self.failed += 1
+                self._report(key, error)
+                raise
             with self._cond:
                 self._queue.pop(key, None)
                 self.failed += failed
