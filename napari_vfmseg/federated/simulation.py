@@ -28,7 +28,7 @@ from napari_vfmseg.federated.result import RunRecord, report_path
 from napari_vfmseg.federated.shared_lora import prepare_lora
 from napari_vfmseg.federated.site import load_site_data, read_labelled_planes
 
-__all__ = ["SimulationResult", "simulate", "train_baselines", "site_names"]
+__all__ = ["SimulationResult", "simulate", "train_baselines", "site_names", "run_flower_simulation"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,31 @@ class SimulationResult:
         }
 
 
+def run_flower_simulation(server_app, client_app, num_sites: int, cpus: int = 2, verbose: bool = False) -> None:
+    """Flower's ``run_simulation`` on the Ray backend (no dashboard, ``cpus`` CPUs, one per site).
+
+    Flower's log stays at WARNING unless ``verbose``: besides the noise, flwr 1.42 logs its backend
+    config at DEBUG with a dict as the only argument, which fails to format wherever DEBUG records
+    are formatted (e.g. under pytest's log capture).
+    """
+    from flwr.simulation import run_simulation
+
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
+    try:
+        run_simulation(
+            server_app=server_app, client_app=client_app, num_supernodes=int(num_sites),
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                            "init_args": {"num_cpus": max(1, int(cpus)), "include_dashboard": False,
+                                          "log_to_driver": bool(verbose)}},
+            verbose_logging=verbose,
+        )
+    finally:
+        flwr_logger.setLevel(level)
+
+
 def site_names(sites: Sequence[tuple[str, str]]) -> list[str]:
     """``site1-<image file name>``, ``site2-...``: how reports name the sites."""
     return [f"site{i + 1}-{Path(image).name}" for i, (image, _) in enumerate(sites)]
@@ -118,8 +143,6 @@ def simulate(model_spec: str, sites: Sequence[tuple[str, str]], test: tuple[str,
     the global adapter (rewritten after every round, report beside it). ``cpus`` is what Ray may
     use; each site's worker uses ``threads_per_site`` torch threads.
     """
-    from flwr.simulation import run_simulation
-
     from napari_vfmseg.federated.apps import ServerSettings, SiteSpec, make_client_app, make_server_app
 
     if len(sites) < 2:
@@ -133,23 +156,10 @@ def simulate(model_spec: str, sites: Sequence[tuple[str, str]], test: tuple[str,
     specs = [SiteSpec(name, str(Path(image).resolve()), str(Path(labels).resolve()), model_spec)
              for name, (image, labels) in zip(site_names(sites), sites)]
     settings = ServerSettings(model_spec, str(out.resolve()), config, f"{Path(test[0]).resolve()}:{Path(test[1]).resolve()}")
-    flwr_logger = logging.getLogger("flwr")
-    level = flwr_logger.level
-    if not verbose:
-        flwr_logger.setLevel(logging.WARNING)
+    report_path(out).unlink(missing_ok=True)      # a report left by an earlier run must not be read as this one's
     started = time.perf_counter()
-    try:
-        run_simulation(
-            server_app=make_server_app(settings),
-            client_app=make_client_app(specs, threads=threads_per_site),
-            num_supernodes=len(specs),
-            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                            "init_args": {"num_cpus": max(1, int(cpus)), "include_dashboard": False,
-                                          "log_to_driver": bool(verbose)}},
-            verbose_logging=verbose,
-        )
-    finally:
-        flwr_logger.setLevel(level)
+    run_flower_simulation(make_server_app(settings), make_client_app(specs, threads=threads_per_site), len(specs),
+                          cpus, verbose)
     seconds_federated = time.perf_counter() - started
     path = report_path(out)
     if not path.is_file():
