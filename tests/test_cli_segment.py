@@ -208,6 +208,7 @@ def test_dicom_seg_output_references_the_series(capsys, tmp_path, tiny_model):
     code, _, stderr = run_cli(capsys, folder, "--box", "2,4,5,18,20", "--model", tiny_model, "--device", "cpu",
                               "--out", out, "--label", "4", "--name", "kidney", "--json")
     assert code == 0, stderr
+    assert "vfmseg segment: warning: " in stderr and "oblique" in stderr
     with pytest.warns(UserWarning, match="oblique"):
         labels, source = read_segmentation(out, source=folder)
     assert labels.array.shape == (6, 24, 28) and set(np.unique(labels.array)) == {0, 4}
@@ -224,3 +225,21 @@ def test_dicom_seg_output_references_the_series(capsys, tmp_path, tiny_model):
 def test_dicom_seg_output_needs_a_dicom_volume(capsys, volume_file, tmp_path):
     code, _, stderr = run_cli(capsys, volume_file, "--box", "5,4,10,16,26", "--out", tmp_path / "m.dcm")
     assert code == 2 and "not a DICOM series folder" in stderr and stderr.strip().count("\n") == 0
+
+
+def test_series_with_a_missing_slice_is_segmented_on_the_true_grid(capsys, tmp_path, tiny_model):
+    from _dicom_builders import clean_series, slice_file
+
+    folder, hu, _ = clean_series(tmp_path / "ct", shape=(6, 24, 28))
+    slice_file(folder, 2).unlink()
+    out = tmp_path / "mask.nii.gz"
+    code, _, stderr = run_cli(capsys, folder, "--box", "3,4,5,18,20", "--model", tiny_model, "--device", "cpu",
+                              "--out", out, "--json")
+    assert code == 0, stderr
+    warning, = [line for line in stderr.splitlines() if "slices" in line]
+    assert warning.startswith(f"vfmseg segment: warning: {folder}: DICOM series ")
+    assert "slices 1–2 (slice_0001.dcm, slice_0003.dcm) are 5 mm apart, the others 2.5 mm" in warning
+    mask = read_volume(out)
+    assert mask.array.shape == hu.shape  # 6 planes at 2.5 mm, not 5 evenly spaced ones
+    np.testing.assert_allclose(mask.spacing, (2.5, 0.8, 0.7), rtol=1e-6)
+    assert mask.array[3].any() and not mask.array[[0, 1, 2, 4, 5]].any()

@@ -47,6 +47,25 @@ def add_series_argument(parser: argparse.ArgumentParser) -> None:
                              "(default: the one with the most slices; the others are named in a warning)")
 
 
+def read_scan(path: str, series, command: str):
+    """``read_volume(path, series=series)``, its warnings (a missing slice, several series, an oblique
+    scan) printed as one ``vfmseg COMMAND: warning: ...`` line each on stderr."""
+    import sys
+    import warnings
+
+    from napari_vfmseg.io import read_volume
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        volume = read_volume(path, series=series)
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            print(f"vfmseg {command}: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return volume
+
+
 def parse_window(text: str):
     """'auto', a preset or method name, or 'LEVEL,WIDTH' → the window choice the engine takes.
 
@@ -73,11 +92,10 @@ def run(args: argparse.Namespace) -> int:
     from napari_vfmseg.cli import model_argument
     from napari_vfmseg.cli import UserError
     from napari_vfmseg.engine import Segmenter
-    from napari_vfmseg.io import read_volume
     from napari_vfmseg.models import load_model
 
     window = parse_window(args.window)
-    volume = read_volume(args.volume, series=args.series)
+    volume = read_scan(args.volume, args.series, "embed")
     array = volume.array
     if getattr(volume, "is_rgb", False) or array.ndim != 3:
         raise UserError(f"{args.volume}: embed needs a 3D volume; got an array of shape {array.shape}")

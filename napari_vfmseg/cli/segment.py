@@ -196,8 +196,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_vfmseg.cli import UserError
-    from napari_vfmseg.cli.embed import parse_window
-    from napari_vfmseg.io import SUPPORTED_LABEL_EXTENSIONS, read_volume, write_labels
+    from napari_vfmseg.cli.embed import parse_window, read_scan
+    from napari_vfmseg.io import SUPPORTED_LABEL_EXTENSIONS, write_labels
     from napari_vfmseg.io.formats import DICOM_SUFFIXES, path_extension
 
     keys = parse_prompts(args.box, args.points)
@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: cannot write labels there; use one of {', '.join(SUPPORTED_LABEL_EXTENSIONS)}, "
                         "or .dcm (DICOM-SEG) for a DICOM series")
 
-    volume = read_volume(args.volume, series=args.series)
+    volume = read_scan(args.volume, args.series, "segment")
     if as_seg and (volume.metadata.get("format") != "DICOM" or volume.array.ndim != 3):
         raise UserError(f"--out {out}: a DICOM-SEG references the DICOM series it was drawn on; {args.volume} is not "
                         "a DICOM series folder. Use .nii.gz, .nrrd or .mha")
