@@ -22,8 +22,7 @@ example's source, plane, role ("train", "held_out", or "spacer" for a plane next
 one, which is neither trained on nor measured) and content key. The content key is a
 digest of the windowed image (:func:`example_key`), so a plane seen again in a later round is
 recognised: it keeps its role (a held-out plane is never trained on later) and its newest labels.
-
-Qt-free and napari-free.
+Index updates are serialised by a per-folder lock (several stores, threads, one project). Qt-free.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ import io
 import json
 import os
 import re
-import tempfile
+import threading
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from napari_vfmseg.io.atomic import write_bytes_atomic
 from napari_vfmseg.training.data import LabelledImage
 
 __all__ = [
@@ -132,20 +132,14 @@ class AdapterVersion:
         return version
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+_INDEX_LOCKS: dict[str, threading.RLock] = {}   # one per project folder, shared by its AdapterStore objects
+_INDEX_LOCKS_GUARD = threading.Lock()
+
+
+def _index_lock(folder: Path) -> threading.RLock:
+    """The lock that serialises read-modify-write of ``folder``'s index within this process."""
+    with _INDEX_LOCKS_GUARD:
+        return _INDEX_LOCKS.setdefault(str(folder.resolve()), threading.RLock())
 
 
 class AdapterStore:
@@ -154,14 +148,14 @@ class AdapterStore:
     >>> store = AdapterStore("~/liver-project")                       # doctest: +SKIP
     >>> version = store.add(result.tensors, result.info, dice_after=0.82, examples=planes)  # doctest: +SKIP
     >>> store.activate(version.name, model.fingerprint)                 # doctest: +SKIP
-    >>> store.apply(model, version.name)                                # doctest: +SKIP
-    >>> store.rollback(model.fingerprint)                               # doctest: +SKIP
+    >>> store.swap(model, version.name)     # or store.rollback(model.fingerprint)  # doctest: +SKIP
     """
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder).expanduser()
         if self.folder.exists() and not self.folder.is_dir():
             raise AdapterStoreError(f"{self.folder}: not a folder (an adapter project is a folder)")
+        self._lock = _index_lock(self.folder)   # guards every read-modify-write of the index
 
     # ------------------------------------------------------------------ the index
 
@@ -191,7 +185,7 @@ class AdapterStore:
         return data
 
     def _write_index(self, data: dict) -> None:
-        _write_atomically(self.index_path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        write_bytes_atomic(self.index_path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
     def versions(self, base_fingerprint: Optional[str] = None) -> list[AdapterVersion]:
         """All versions, oldest first; only those of one base model when ``base_fingerprint`` is given."""
@@ -289,11 +283,14 @@ class AdapterStore:
             replay_file=None if replay_file is None else replay_file.as_posix(),
             **record,
         )
-        data = self._read_index()
-        data["versions"].append(version.to_json())
-        if activate:
-            self._set_active(data, info.base_fingerprint, name)
-        self._write_index(data)
+        with self._lock:
+            data = self._read_index()
+            if any(v.get("name") == name for v in data["versions"]):
+                raise AdapterStoreError(f"{self.folder}: version {name!r} was added meanwhile")
+            data["versions"].append(version.to_json())
+            if activate:
+                self._set_active(data, info.base_fingerprint, name)
+            self._write_index(data)
         return version
 
     # ------------------------------------------------------------------ activation
@@ -326,9 +323,10 @@ class AdapterStore:
                     f"({version.base_name}), not on {base_fingerprint}"
                 )
             base_fingerprint = version.base_fingerprint
-        data = self._read_index()
-        self._set_active(data, base_fingerprint, name)
-        self._write_index(data)
+        with self._lock:
+            data = self._read_index()
+            self._set_active(data, base_fingerprint, name)
+            self._write_index(data)
         return version
 
     def rollback(self, base_fingerprint: str, to: Optional[str] = None) -> Optional[AdapterVersion]:
@@ -370,6 +368,24 @@ class AdapterStore:
             )
         return apply_adapter_tensors(model, tensors, info, source=str(self.folder / self.get(name).file))
 
+    def swap(self, model, name: Optional[str]) -> bool:
+        """Replace ``model``'s adapter by version ``name`` (None: none) in place; on any failure put the
+        previous adapter back exactly and re-raise. Only the model changes (:meth:`activate` records the
+        choice). True when the old or the new adapter changes the image encoder (embeddings are stale)."""
+        from napari_vfmseg.training.adapters import active_adapter, apply_adapter_tensors, current_adapter_tensors, remove_adapter
+
+        previous = active_adapter(model)
+        saved = (current_adapter_tensors(model), previous) if previous is not None else None
+        try:
+            self.apply(model, name)
+        except BaseException:
+            remove_adapter(model)
+            if saved is not None:
+                apply_adapter_tensors(model, *saved)
+            raise
+        new = active_adapter(model)
+        return any(info is not None and info.changes_encoder for info in (previous, new))
+
     # ------------------------------------------------------------------ replay buffer
 
     def _write_examples(self, path: Path, examples: Sequence[LabelledImage], roles: Sequence[str]) -> None:
@@ -387,7 +403,7 @@ class AdapterStore:
         arrays["meta"] = np.array(json.dumps(meta))
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
-        _write_atomically(path, buffer.getvalue())
+        write_bytes_atomic(path, buffer.getvalue())
 
     def _read_examples(self, relative: str) -> list[tuple[LabelledImage, str, str]]:
         """(example, role, key) of one replay file."""

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from napari_vfmseg.engine.preprocess import prepare_image
+from napari_vfmseg.engine.preprocess import pixel_aspect, prepare_image
 from napari_vfmseg.io.windowing import WindowSpec, apply_window, resolve_window
 
 __all__ = [
@@ -46,13 +46,16 @@ class LabelledImage:
 
     ``image`` (row, col) uint8 after windowing; ``labels`` (row, col) integer map, 0 = background;
     ``plane`` the index along the slicing axis of the source volume (None for a single 2D pair);
-    ``source`` a human-readable origin (file name and plane) for messages.
+    ``source`` a human-readable origin (file name and plane) for messages; ``pixel_aspect`` a
+    pixel's height / width in mm (1 = square), so that training resizes the plane to its true
+    proportions exactly as inference does (:func:`~napari_vfmseg.engine.preprocess.prepare_image`).
     """
 
     image: np.ndarray
     labels: np.ndarray
     plane: Optional[int] = None
     source: str = ""
+    pixel_aspect: float = 1.0
 
 
 @dataclass
@@ -100,19 +103,29 @@ def as_label_map(labels: np.ndarray, what: str = "labels") -> np.ndarray:
 
 
 def pairs_from_volume(volume: np.ndarray, labels: np.ndarray, axis: int = 0, window: WindowSpec = None,
-                      min_pixels: int = 20, source: str = "volume", modality: Optional[str] = None
-                      ) -> list[LabelledImage]:
+                      min_pixels: int = 20, source: str = "volume", modality: Optional[str] = None,
+                      spacing: Optional[Sequence[float]] = None) -> list[LabelledImage]:
     """One :class:`LabelledImage` per plane of ``volume`` (3D, any real dtype) that holds an object.
 
     ``labels`` has the same shape; planes are taken along ``axis`` (0 = the first array axis). The
     window is resolved once on the whole volume and applied to every plane, as the engine's
     ``Segmenter.set_volume`` does (a uint8 volume without a window is used as it is).
+    ``spacing``: the voxel size (mm) in the volume's axis order ((row, col) for a 2D image); each
+    pair then carries its planes' pixel aspect, as the engine computes it from the same spacing.
     A 2D ``volume`` gives at most one pair.
     """
     volume = np.asarray(volume)
     labels = as_label_map(labels, source)
     if volume.shape != labels.shape:
         raise ValueError(f"{source}: image shape {volume.shape} and label shape {labels.shape} differ")
+    aspect = 1.0
+    if spacing is not None:
+        values = [float(v) for v in np.asarray(spacing, dtype=np.float64).reshape(-1)]
+        if len(values) != volume.ndim:
+            raise ValueError(f"{source}: spacing {values} does not match the {volume.ndim} axes of the image")
+        if len(values) == 3:  # the two in-plane axes, in order, once the plane axis is removed
+            values = [values[i] for i in range(3) if i != axis % 3]
+        aspect = pixel_aspect(values)
     if volume.ndim == 2:
         volume, labels, axis = volume[None], labels[None], 0
     if volume.ndim != 3:
@@ -129,7 +142,7 @@ def pairs_from_volume(volume: np.ndarray, labels: np.ndarray, axis: int = 0, win
             continue
         image = volume[index] if win is None else apply_window(volume[index], win)
         pairs.append(LabelledImage(np.ascontiguousarray(image), np.ascontiguousarray(plane_labels),
-                                   index, f"{source} plane {index}"))
+                                   index, f"{source} plane {index}", aspect))
     return pairs
 
 
@@ -263,28 +276,33 @@ def _resize_nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def frame_pair(pair: LabelledImage, size: int, preprocess: str = "sam") -> FramedPair:
     """``pair`` resized for an encoder of input side ``size``: the image exactly as the engine resizes
-    it (``preprocess`` "sam" or "medsam"), the labels by nearest neighbour to the same grid."""
-    prepared = prepare_image(np.asarray(pair.image), None, size, preprocess)
+    it (``preprocess`` "sam" or "medsam", in the plane's true proportions given by
+    ``pair.pixel_aspect``), the labels by nearest neighbour to the same grid."""
+    prepared = prepare_image(np.asarray(pair.image), None, size, preprocess,
+                             pixel_aspect=float(getattr(pair, "pixel_aspect", 1.0) or 1.0))
     shape = prepared.geometry.input_size
     return FramedPair(prepared.pixels, _resize_nearest(np.asarray(pair.labels), shape).astype(np.int32),
                       pair.source, prepared.geometry.stretch)
 
 
 def augment(pair: FramedPair, rng: np.random.Generator, flip: bool = True, intensity: float = 0.1,
-            scale: float = 0.1) -> FramedPair:
+            scale: float = 0.1, rotate: float = 0.0) -> FramedPair:
     """A lightly augmented copy: random flips of either axis, intensity gain / offset / gamma
-    jitter of relative size ``intensity``, and a zoom by a factor in [1 - scale, 1 + scale] about the
-    centre (same shape; labels resampled nearest). The image stays uint8."""
+    jitter of relative size ``intensity``, a zoom by a factor in [1 - scale, 1 + scale] and a rotation
+    by up to ``rotate`` degrees about the centre (same shape; labels resampled nearest). The image
+    stays uint8."""
     image, labels = pair.image.astype(np.float32), pair.labels
     if flip:
         if rng.random() < 0.5:
             image, labels = image[::-1], labels[::-1]
         if rng.random() < 0.5:
             image, labels = image[:, ::-1], labels[:, ::-1]
-    if scale > 0:
-        factor = float(rng.uniform(1.0 - scale, 1.0 + scale))
+    if scale > 0 or rotate > 0:
+        factor = float(rng.uniform(1.0 - scale, 1.0 + scale)) if scale > 0 else 1.0
+        angle = np.deg2rad(float(rng.uniform(-rotate, rotate))) if rotate > 0 else 0.0
+        turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
         centre = (np.array(image.shape) - 1) / 2.0
-        matrix = np.eye(2) / factor
+        matrix = turn / factor
         offset = centre - matrix @ centre
         image = ndimage.affine_transform(np.ascontiguousarray(image), matrix, offset, order=1, mode="constant")
         labels = ndimage.affine_transform(np.ascontiguousarray(labels), matrix, offset, order=0, mode="constant")

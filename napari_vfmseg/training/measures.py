@@ -60,7 +60,11 @@ def one_click_dice(model_or_segmenter, pairs: Sequence[LabelledImage], min_pixel
         ids = object_ids(pair.labels, min_pixels)
         if not ids:
             continue
-        segmenter.set_image(np.asarray(pair.image))
+        aspect = float(getattr(pair, "pixel_aspect", 1.0) or 1.0)
+        if aspect == 1.0:
+            segmenter.set_image(np.asarray(pair.image))
+        else:  # the plane's true proportions, as the viewer embeds it
+            segmenter.set_image(np.asarray(pair.image), spacing=(aspect, 1.0))
         for label in ids:
             dices, _ = interactive_protocol(predict, pair.labels == label, first="point", max_clicks=1)
             scores.append(dices[0])

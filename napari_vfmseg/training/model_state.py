@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -52,8 +52,12 @@ def is_trainable(name: str, mode: str, lora: Optional[LoRAConfig]) -> bool:
     return False
 
 
-def prepare_model(model: LoadedModel, mode: str, lora: Optional[LoRAConfig]) -> PreparedState:
-    """Adapter layers in place, only the mode's parameters trainable, base tensors backed up."""
+def prepare_model(model: LoadedModel, mode: str, lora: Optional[LoRAConfig],
+                  frozen: Optional[Callable[[str], bool]] = None) -> PreparedState:
+    """Adapter layers in place, only the mode's parameters trainable, base tensors backed up.
+
+    ``frozen(name)`` True keeps a parameter frozen whatever the mode (e.g. cached early encoder stages).
+    """
     sam = model.sam
     previous = active_adapter(model)
     set_aside = None
@@ -71,7 +75,7 @@ def prepare_model(model: LoadedModel, mode: str, lora: Optional[LoRAConfig]) -> 
         layer.lora_dropout.train(True)
     names = []
     for name, p in sam.named_parameters():
-        trainable = is_trainable(name, mode, lora)
+        trainable = is_trainable(name, mode, lora) and not (frozen is not None and frozen(name))
         p.requires_grad_(trainable)
         if trainable:
             names.append(name)

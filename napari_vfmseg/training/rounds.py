@@ -40,9 +40,12 @@ import numpy as np
 from napari_vfmseg.training.adapter_store import AdapterStore, AdapterVersion, example_key
 from napari_vfmseg.training.data import LabelledImage, object_ids, pairs_from_volume, split_by_plane_blocks
 from napari_vfmseg.training.measures import guard_examples, one_click_dice
+from napari_vfmseg.training.round_config import DEFAULT_LR, FULL_MODE_MAX_PARAMETERS, LOPO_BELOW, RoundConfig
 
 __all__ = [
     "DEFAULT_LR",
+    "FULL_MODE_MAX_PARAMETERS",
+    "LOPO_BELOW",
     "RoundConfig",
     "RoundPlan",
     "RoundProgress",
@@ -54,57 +57,6 @@ __all__ = [
     "copy_model",
     "run_round",
 ]
-
-# Learning rate per mode when RoundConfig.lr is None: LoRA factors start at zero and need a larger step.
-DEFAULT_LR = {"decoder": 1e-4, "encoder-lora": 3e-4, "full": 5e-5}
-
-
-@dataclass(frozen=True)
-class RoundConfig:
-    """Settings of one round (defaults: about 100 s with the built-in model on 2 CPU cores)."""
-
-    mode: str = "decoder"               # "decoder" or "encoder-lora" ("full" for small models)
-    rank: int = 4                       # LoRA rank in encoder-lora mode (alpha = rank)
-    steps: int = 50
-    lr: Optional[float] = None          # None: DEFAULT_LR[mode]
-    images_per_step: int = 4
-    prompts_per_image: int = 4
-    correction_clicks: int = 2
-    held_out_fraction: float = 0.25     # of the new planes, in whole blocks
-    block_size: int = 4                 # neighbouring planes per split block
-    guard_planes: int = 1               # training planes this close to a held-out plane are not trained on
-    val_every: int = 10
-    patience: int = 0                   # validations without improvement before stopping (0: never)
-    replay_limit: int = 32              # earlier training planes replayed at most
-    held_out_limit: int = 16            # planes in each 1-click Dice measurement at most
-    min_pixels: int = 20
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        from napari_vfmseg.training.adapters import MODES
-
-        if self.mode not in MODES:
-            raise ValueError(f"unknown fine-tuning mode {self.mode!r}: use one of {MODES}")
-        if self.rank < 1 or self.steps < 1:
-            raise ValueError(f"rank and steps must be >= 1, got rank={self.rank}, steps={self.steps}")
-
-    @property
-    def learning_rate(self) -> float:
-        return float(self.lr) if self.lr is not None else DEFAULT_LR[self.mode]
-
-    def train_config(self):
-        """The :class:`~napari_vfmseg.training.trainer.TrainConfig` of this round."""
-        from napari_vfmseg.models.lora import LoRAConfig
-        from napari_vfmseg.training.trainer import TrainConfig
-
-        lora = LoRAConfig(rank=self.rank, alpha=float(self.rank), encoder_targets=()) if self.mode == "encoder-lora" else None
-        return TrainConfig(
-            mode=self.mode, lora=lora, steps=self.steps, lr=self.learning_rate,
-            images_per_step=self.images_per_step, prompts_per_image=self.prompts_per_image,
-            correction_clicks=self.correction_clicks, val_every=self.val_every,
-            early_stop_patience=self.patience, min_pixels=self.min_pixels, seed=self.seed,
-            warmup_steps=max(1, min(10, self.steps // 10)),
-        )
 
 
 @dataclass
@@ -124,6 +76,7 @@ class RoundPlan:
     new: list[LabelledImage]
     new_roles: list[str]
     n_open: int
+    validation: str = "held_out"        # "lopo": the training planes are validated by leaving one out
 
     @property
     def n_new(self) -> int:
@@ -168,6 +121,7 @@ class RoundResult:
     train_seconds: float
     version: Optional[AdapterVersion] = None
     notes: list[str] = field(default_factory=list)
+    lopo: object = None                            # napari_vfmseg.training.lopo.LopoReport, when validated so
 
     @property
     def changes_encoder(self) -> bool:
@@ -197,6 +151,8 @@ class RoundResult:
             "improved": self.improved,
             "seconds": round(self.seconds, 2),
             "train_seconds": round(self.train_seconds, 2),
+            "validation": self.plan.validation,
+            "lopo": self.lopo.summary() if self.lopo is not None else None,
             "notes": list(self.notes),
         }
 
@@ -205,16 +161,18 @@ class RoundResult:
 
 
 def gather_examples(image: np.ndarray, labels: np.ndarray, axis: int = 0, window=None, modality: Optional[str] = None,
-                    source: str = "volume", min_pixels: int = 20) -> list[LabelledImage]:
+                    source: str = "volume", min_pixels: int = 20, spacing=None) -> list[LabelledImage]:
     """The planes of ``image`` (plane, row, col) or (row, col) along ``axis`` whose ``labels`` hold an
     object of at least ``min_pixels`` pixels, windowed once for the whole volume as the engine does
-    (``window``: None/"auto", a preset name, a Window or (level, width))."""
+    (``window``: None/"auto", a preset name, a Window or (level, width)). ``spacing`` (mm, the
+    image's axis order) gives each plane its pixel aspect, so training sees the proportions the
+    viewer's engine sees."""
     image = np.asarray(image)
     labels = np.asarray(labels)
     if image.ndim == 3 and image.shape[-1] in (3, 4) and labels.ndim == 2:
         raise ValueError(f"{source}: fine-tuning uses grey images; convert the RGB image to grey first")
     return pairs_from_volume(image, labels, axis=axis, window=window, min_pixels=min_pixels, source=source,
-                             modality=modality)
+                             modality=modality, spacing=spacing)
 
 
 def plan_round(pairs: Sequence[LabelledImage], store: Optional[AdapterStore] = None,
@@ -240,8 +198,12 @@ def plan_round(pairs: Sequence[LabelledImage], store: Optional[AdapterStore] = N
         if not np.array_equal(stored[0].labels, pair.labels):   # corrected again since it was stored
             new.append(pair)
             new_roles.append(role)
-    fresh_train, fresh_held = split_by_plane_blocks(fresh, config.held_out_fraction, config.block_size,
-                                                    config.guard_planes, config.seed)
+    validation = config.validation_for(len(fresh))
+    if validation == "lopo":  # few planes: every one trains, the folds validate
+        fresh_train, fresh_held = list(fresh), []
+    else:
+        fresh_train, fresh_held = split_by_plane_blocks(fresh, config.held_out_fraction, config.block_size,
+                                                        config.guard_planes, config.seed)
     roles = {id(p): "train" for p in fresh_train}
     roles.update({id(p): "held_out" for p in fresh_held})
     for pair in fresh:
@@ -263,7 +225,8 @@ def plan_round(pairs: Sequence[LabelledImage], store: Optional[AdapterStore] = N
             f"nothing to train on: {len(pairs)} annotated planes, {len(held_out)} of them held out for "
             f"measuring; commit objects on more planes (spread over the volume) and start again"
         )
-    return RoundPlan(train=train, held_out=held_out, replay=replay, new=new, new_roles=new_roles, n_open=len(pairs))
+    return RoundPlan(train=train, held_out=held_out, replay=replay, new=new, new_roles=new_roles, n_open=len(pairs),
+                     validation=validation)
 
 
 # --------------------------------------------------------------------------------------------- the round
@@ -303,19 +266,27 @@ def run_round(model, pairs: Sequence[LabelledImage], store: Optional[AdapterStor
     before and after. ``cancel`` (a ``threading.Event``) stops training before its next step; a
     cancelled round saves nothing. With a ``store``, an improved adapter becomes version ``name``
     (default ``vNNN``), marked active there when ``activate`` (the caller applies it to its model).
+
+    With few new planes (``config.validation_for``), the round validates by leaving one plane out
+    (:func:`~napari_vfmseg.training.lopo.leave_one_plane_out`), trains the final adapter on all
+    planes, and keeps it only when the folds gained more than ``config.min_gain``; the notes then
+    give the before/after figures either way.
     """
     from napari_vfmseg.engine import Segmenter
+    from napari_vfmseg.training.lopo import leave_one_plane_out
     from napari_vfmseg.training.trainer import Trainer
 
     started = time.perf_counter()
     cancel = cancel or threading.Event()
     report = progress or (lambda _p: None)
+    config = config.resolve(model)
     plan = plan or plan_round(pairs, store, config)
+    lopo_mode = plan.validation == "lopo"
     parent, parent_fingerprint = _parent_version(model, store)
     notes: list[str] = []
     if parent_fingerprint is not None and parent is None:
         notes.append(f"started from an adapter ({parent_fingerprint}) that is not in this project")
-    if not plan.held_out:
+    if not plan.held_out and not lopo_mode:
         notes.append("no held-out planes (commit objects on planes further apart): nothing measures the change")
 
     work = copy_model(model)
@@ -324,16 +295,38 @@ def run_round(model, pairs: Sequence[LabelledImage], store: Optional[AdapterStor
     report(RoundProgress("measuring before", elapsed_s=time.perf_counter() - started))
     dice_before = measure(plan.held_out)
     guard_before = measure(guard)
+    train_config = config.train_config()
+
+    lopo = None
+    if lopo_mode:
+        replayed = {id(p) for p in plan.replay}
+        fold_targets = [p for p in plan.train if id(p) not in replayed]
+        report(RoundProgress("validating", elapsed_s=time.perf_counter() - started))
+        lopo = leave_one_plane_out(
+            model, fold_targets, train_config, folds=config.lopo_folds, fold_steps=config.fold_steps,
+            extra_train=plan.replay, cancel=cancel,
+            progress=lambda done, total: report(RoundProgress("validating", done, total,
+                                                              elapsed_s=time.perf_counter() - started)))
+        if not lopo.folds and not lopo.cancelled:
+            notes.append("only one corrected plane: nothing to validate on; commit objects on more planes")
 
     def on_step(p) -> None:
         report(RoundProgress("training", p.step, p.total_steps, p.loss, p.val_dice, time.perf_counter() - started))
 
     train_started = time.perf_counter()
-    trainer = Trainer(work, plan.train, plan.held_out, config.train_config(), progress=on_step, cancel=cancel)
+    trainer = Trainer(work, plan.train, plan.held_out, train_config, progress=on_step, cancel=cancel)
     result = trainer.fit()
     train_seconds = time.perf_counter() - train_started
-    cancelled = bool(result.cancelled)
+    cancelled = bool(result.cancelled) or bool(lopo is not None and lopo.cancelled)
     improved = bool(result.improved) and not cancelled
+    if lopo is not None and not cancelled:
+        gain = lopo.gain
+        if gain is None or gain <= config.min_gain:
+            improved = False
+        if gain is not None:
+            verdict = "kept" if improved else "not kept: the base stays active"
+            notes.append(f"leave-one-plane-out on {len(lopo.folds)} planes: box Dice {lopo.box_before:.3f} → "
+                         f"{lopo.box_after:.3f}, 1-click {lopo.click_before:.3f} → {lopo.click_after:.3f}; {verdict}")
     dice_after = guard_after = None
     version = None
     if improved:
@@ -342,30 +335,54 @@ def run_round(model, pairs: Sequence[LabelledImage], store: Optional[AdapterStor
         guard_after = measure(guard)
         if store is not None:
             report(RoundProgress("saving", result.steps_done, config.steps, elapsed_s=time.perf_counter() - started))
+            extra = {"lr": config.learning_rate, "images_per_step": config.images_per_step,
+                     "prompts_per_image": config.prompts_per_image, "best_step": int(result.best_step),
+                     "seed": config.seed, "validation": plan.validation}
+            if lopo is not None:
+                extra["lopo"] = lopo.summary()
             version = store.add(
                 result.tensors, result.info, parent=parent, examples=plan.new, roles=plan.new_roles, name=name,
                 activate=activate,
                 n_examples=int(result.n_train_examples), n_planes=len(plan.train), n_new_planes=plan.n_new,
                 n_replayed=len(plan.replay), n_held_out=len(plan.held_out),
-                dice_before=dice_before, dice_after=dice_after, guard_before=guard_before, guard_after=guard_after,
+                dice_before=dice_before if lopo is None else lopo.click_before,
+                dice_after=dice_after if lopo is None else lopo.click_after,
+                guard_before=guard_before, guard_after=guard_after,
                 val_dice_before=result.val_dice_before, val_dice_after=result.val_dice_after,
-                steps=int(result.steps_done), seconds=round(train_seconds, 2),
-                extra={"lr": config.learning_rate, "images_per_step": config.images_per_step,
-                       "prompts_per_image": config.prompts_per_image, "best_step": int(result.best_step),
-                       "seed": config.seed},
+                steps=int(result.steps_done), seconds=round(train_seconds, 2), extra=extra,
             )
     elif cancelled:
         notes.append("cancelled: nothing was saved")
-    else:
+    elif lopo is None:
         notes.append("the round did not beat its starting point on the held-out planes: nothing was saved")
     if improved and dice_before is not None and dice_after is not None and dice_after < dice_before:
         notes.append("held-out 1-click Dice fell although validation improved: check before activating")
     if improved and guard_before is not None and guard_after is not None and guard_after < guard_before - 0.01:
         notes.append(f"original-domain Dice fell by {100 * (guard_before - guard_after):.1f} points")
     scorer.close()
+    if lopo is not None and dice_before is None:  # no stored held-out planes: the folds are the measure
+        dice_before = lopo.click_before
+        dice_after = lopo.click_after if improved else None
     return RoundResult(
         plan=plan, config=config, train=result, tensors=result.tensors, info=result.info, parent=parent,
         dice_before=dice_before, dice_after=dice_after, guard_before=guard_before, guard_after=guard_after,
         cancelled=cancelled, improved=improved, seconds=time.perf_counter() - started,
-        train_seconds=train_seconds, version=version, notes=notes,
+        train_seconds=train_seconds, version=version, notes=notes, lopo=lopo,
     )
+
+
+def count_annotated(volumes: Sequence[tuple[np.ndarray, Optional[int]]], min_pixels: int = 20) -> dict:
+    """What a round could train on: ``volumes`` are (labels, axis) pairs, labels (plane, row, col)
+    sliced along ``axis`` or a 2D (row, col) map (axis None). Returns ``planes`` (planes holding any
+    label), ``objects`` (per plane, the ids with at least ``min_pixels`` pixels, summed) and
+    ``volumes`` (those with at least one such plane). Pure numpy; reads the labels without copying."""
+    planes = objects = count = 0
+    for labels, axis in volumes:
+        labels = np.asarray(labels)
+        stack = labels[None] if axis is None or labels.ndim == 2 else np.moveaxis(labels, axis, 0)
+        flat = stack.reshape(stack.shape[0], -1)
+        filled = np.flatnonzero(flat.any(axis=1))
+        count += int(filled.size > 0)
+        planes += int(filled.size)
+        objects += sum(int(np.count_nonzero(np.bincount(flat[p].astype(np.int64))[1:] >= min_pixels)) for p in filled)
+    return {"planes": planes, "objects": objects, "volumes": count}

@@ -34,7 +34,12 @@ class TrainConfig:
     grad_accum: int = 1                 # micro-batches per optimiser step
     correction_clicks: int = 2          # corrective clicks after the first prompt
     box_probability: float = 0.5        # first prompt: a jittered box, else one interior point
-    augment: bool = True                # flips, intensity jitter, small zoom (not in decoder mode)
+    augment: bool = True                # flips, intensity jitter, small zoom and rotation (not in decoder mode)
+    rotate_degrees: float = 0.0         # largest random rotation of an augmented plane
+    zoom: float = 0.1                   # zoom factor drawn in [1 - zoom, 1 + zoom]
+    cache_early: bool = False           # encoder modes: freeze the early encoder stages and cache their output
+    cache_views: int = 16               # augmented views per training plane cached (first one unaugmented)
+    schedule: str = "constant"          # learning rate after warm-up: "constant" or "cosine" (to 10 %)
     val_every: int = 25                 # steps between validations (0: only before and after)
     early_stop_patience: int = 4        # validations without improvement before stopping (0: never)
     min_delta: float = 1e-3             # improvement in validation Dice that counts
@@ -52,6 +57,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.correction_clicks < 0 or self.val_every < 0 or self.early_stop_patience < 0:
             raise ValueError("correction_clicks, val_every and early_stop_patience must be >= 0")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.cache_views < 1:
+            raise ValueError(f"cache_views must be >= 1, got {self.cache_views!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.mode == "decoder" and self.lora is not None and self.lora.encoder_targets:

@@ -31,9 +31,10 @@ this module holds the loop.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable, Optional, Sequence
 
@@ -43,7 +44,9 @@ import torch
 from napari_vfmseg.models.base import LoadedModel
 from napari_vfmseg.models.lora import LoRAConfig, count_parameters, default_encoder_targets
 from napari_vfmseg.training.adapters import AdapterInfo, adapter_fingerprint, set_active
+from napari_vfmseg.engine.preprocess import Geometry, PreparedImage, encoder_input
 from napari_vfmseg.training.data import FramedPair, LabelledImage, augment, frame_pair, object_ids
+from napari_vfmseg.training.encoder_split import EncoderSplit, split_encoder
 from napari_vfmseg.training.forward import decode, embed_images, pad_masks, upsample_logits
 from napari_vfmseg.training.losses import mask_losses
 from napari_vfmseg.training.metrics import dice
@@ -67,6 +70,8 @@ class _Example:
     ids: list[int]
     embedding: Optional[torch.Tensor] = None  # (1, C, gh, gw) on the device, decoder mode only
     source: Optional[LabelledImage] = None
+    # cache_early: (early features (1, C1, h1, w1), labels (h, w), object ids) per augmented view
+    views: list = field(default_factory=list)
 
 
 class Trainer:
@@ -100,6 +105,9 @@ class Trainer:
         if not self.train_pairs:
             raise ValueError(f"no training plane has an object of at least {config.min_pixels} pixels")
         self.lora = self._resolve_lora()
+        self.split: Optional[EncoderSplit] = None
+        if config.cache_early and config.mode != "decoder":
+            self.split = split_encoder(model.sam.image_encoder)
 
     def _resolve_lora(self) -> Optional[LoRAConfig]:
         cfg = self.config
@@ -159,16 +167,48 @@ class Trainer:
         batch = []
         for index in picks:
             example = self.train_examples[int(index)]
-            pair, ids = example.pair, example.ids
-            if cfg.augment and cfg.mode != "decoder":
-                augmented = augment(pair, rng)
+            pair, ids, features = example.pair, example.ids, example.embedding
+            if example.views:
+                features, view_labels, ids = example.views[int(rng.integers(len(example.views)))]
+                pair = FramedPair(pair.image, view_labels, pair.source, pair.stretch)
+            elif cfg.augment and cfg.mode != "decoder":
+                augmented = self._augment(pair, rng)
                 new_ids = object_ids(augmented.labels, cfg.min_pixels)
                 if new_ids:
                     pair, ids = augmented, new_ids
             chosen = rng.choice(ids, size=min(cfg.prompts_per_image, len(ids)), replace=False)
             masks = np.stack([pair.labels == int(i) for i in chosen])
-            batch.append((pair, masks, example.embedding))
+            batch.append((pair, masks, features))
         return batch
+
+    def _augment(self, pair: FramedPair, rng: np.random.Generator) -> FramedPair:
+        return augment(pair, rng, scale=self.config.zoom, rotate=self.config.rotate_degrees)
+
+    @torch.no_grad()
+    def _cache_views(self, examples: list[_Example], batch: int = 8) -> None:
+        """``cache_views`` views per example (the first unaugmented), early encoder features computed once."""
+        cfg = self.config
+        rng = np.random.default_rng(cfg.seed + 7919)
+        jobs = []
+        for example in examples:
+            for view in range(cfg.cache_views):
+                pair, ids = example.pair, example.ids
+                if view > 0 and cfg.augment:
+                    augmented = self._augment(pair, rng)
+                    new_ids = object_ids(augmented.labels, cfg.min_pixels)
+                    if new_ids:
+                        pair, ids = augmented, new_ids
+                jobs.append((example, pair, ids))
+        sam, device = self.model.sam, self.model.device
+        for start in range(0, len(jobs), batch):
+            chunk = jobs[start: start + batch]
+            prepared = [PreparedImage(np.asarray(p.image, dtype=np.uint8),
+                                      Geometry(tuple(p.image.shape), tuple(p.image.shape), self.size, p.stretch), None)
+                        for _, p, _ in chunk]
+            with self._autocast():
+                features = self.split.early(encoder_input(prepared, sam, device))
+            for i, (example, pair, ids) in enumerate(chunk):
+                example.views.append((features[i: i + 1].detach(), pair.labels, ids))
 
     def _image_loss(self, embedding: torch.Tensor, masks: np.ndarray, rng: np.random.Generator,
                     backward: Callable[[torch.Tensor], None]) -> float:
@@ -223,7 +263,10 @@ class Trainer:
             total = sum(self._image_loss(emb, masks, rng, backward) for _, masks, emb in batch)
             return total / len(batch)
         with self._autocast():
-            stacked = embed_images(self.model.sam, [pair.image for pair, _, _ in batch], batch[0][0].stretch)
+            if self.split is not None:  # cached early features: only the late stages run
+                stacked = self.split.late(torch.cat([features for _, _, features in batch]))
+            else:
+                stacked = embed_images(self.model.sam, [pair.image for pair, _, _ in batch], batch[0][0].stretch)
         leaf = stacked.detach().requires_grad_(True)
         total = sum(self._image_loss(leaf[i: i + 1], masks, rng, backward) for i, (_, masks, _) in enumerate(batch))
         if leaf.grad is not None:
@@ -287,7 +330,8 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(cfg.seed)
             rng = np.random.default_rng(cfg.seed)
-            prepared = prepare_model(self.model, cfg.mode, self.lora)
+            frozen = self.split.is_early if self.split is not None else None
+            prepared = prepare_model(self.model, cfg.mode, self.lora, frozen=frozen)
             start_state = snapshot(self.model, prepared.names)
             try:
                 return self._run(prepared, rng, start_time, start_state)
@@ -306,12 +350,14 @@ class Trainer:
         if cfg.mode == "decoder":
             self._embed_examples(self.train_examples)
             self._embed_examples(self.val_examples)
+        elif self.split is not None:
+            self._cache_views(self.train_examples)
         n_train = sum(len(e.ids) for e in self.train_examples)
         parameters = count_parameters(sam)
         params = [p for p in sam.parameters() if p.requires_grad]
         optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = max(1, min(cfg.warmup_steps, cfg.steps // 5))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / warmup))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: _lr_factor(s, warmup, cfg))
         self.scaler = scaler = torch.amp.GradScaler(
             "cuda", enabled=self.use_amp and self.model.device.type == "cuda" and not torch.cuda.is_bf16_supported())
 
@@ -379,6 +425,17 @@ class Trainer:
             steps_done=step, best_step=best_step, cancelled=cancelled, stopped_early=stopped_early,
             seconds=time.perf_counter() - start_time, parameters=parameters, n_train_examples=n_train,
         )
+
+
+def _lr_factor(step: int, warmup: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier after ``step`` optimiser steps: linear warm-up, then constant or a
+    cosine decay to 10 % at the last step."""
+    if step + 1 < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step + 1 - warmup) / max(1, cfg.steps - warmup))
+    return 0.1 + 0.45 * (1.0 + math.cos(math.pi * progress))
 
 
 def fine_tune(model: LoadedModel, train: Sequence[LabelledImage], val: Sequence[LabelledImage] = (),

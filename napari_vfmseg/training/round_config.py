@@ -1,0 +1,102 @@
+"""Settings of a fine-tuning round (:func:`napari_vfmseg.training.rounds.run_round`), and their defaults.
+
+No torch at import time: the viewer reads the defaults to build its controls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+__all__ = ["DEFAULT_LR", "FULL_MODE_MAX_PARAMETERS", "LOPO_BELOW", "RoundConfig"]
+
+# Learning rate per mode when RoundConfig.lr is None: LoRA factors start at zero and need a larger step.
+DEFAULT_LR = {"decoder": 1e-4, "encoder-lora": 3e-4, "full": 3e-4}
+# "auto" trains every weight of a model up to this size, else LoRA on the encoder plus the decoder.
+FULL_MODE_MAX_PARAMETERS = 20_000_000
+# "auto" validation: leave-one-plane-out below this many new training planes, else held-out blocks.
+LOPO_BELOW = 8
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """Settings of one round. The defaults are the measured recipe (docs/finetuning.md): on the
+    built-in model, every weight but the cached early encoder stages trains, on augmented views of
+    the corrected planes, validated by leaving one plane out when there are few planes."""
+
+    mode: str = "auto"                  # "auto", "decoder", "encoder-lora" or "full"
+    rank: int = 4                       # LoRA rank in encoder-lora mode (alpha = rank)
+    steps: int = 60
+    lr: Optional[float] = None          # None: DEFAULT_LR[mode]
+    images_per_step: int = 4
+    prompts_per_image: int = 4
+    correction_clicks: int = 2
+    held_out_fraction: float = 0.25     # of the new planes, in whole blocks
+    block_size: int = 4                 # neighbouring planes per split block
+    guard_planes: int = 1               # training planes this close to a held-out plane are not trained on
+    val_every: int = 10
+    patience: int = 0                   # validations without improvement before stopping (0: never)
+    replay_limit: int = 32              # earlier training planes replayed at most
+    held_out_limit: int = 16            # planes in each 1-click Dice measurement at most
+    min_pixels: int = 20
+    seed: int = 0
+    augment: bool = True                # encoder modes: flips, intensity, zoom, rotation of the planes
+    rotate_degrees: float = 15.0
+    cache_early: bool = True            # encoder modes: early encoder stages frozen, their output cached
+    cache_views: int = 16               # augmented views cached per plane
+    schedule: str = "cosine"
+    validation: str = "auto"            # "auto", "lopo" (leave one plane out) or "held_out" (blocks)
+    lopo_folds: int = 3                 # planes left out in turn at most
+    lopo_steps: Optional[int] = None    # steps per fold (None: half of ``steps``)
+    min_gain: float = 0.0               # leave-one-plane-out Dice gain a round must exceed to be kept
+
+    def __post_init__(self) -> None:
+        from napari_vfmseg.training.adapters import MODES
+
+        if self.mode not in MODES + ("auto",):
+            raise ValueError(f"unknown fine-tuning mode {self.mode!r}: use 'auto' or one of {MODES}")
+        if self.rank < 1 or self.steps < 1:
+            raise ValueError(f"rank and steps must be >= 1, got rank={self.rank}, steps={self.steps}")
+        if self.validation not in ("auto", "lopo", "held_out"):
+            raise ValueError(f"validation must be 'auto', 'lopo' or 'held_out', got {self.validation!r}")
+
+    def resolve(self, model) -> "RoundConfig":
+        """This config with ``mode`` "auto" replaced: "full" for a model of at most
+        :data:`FULL_MODE_MAX_PARAMETERS` parameters (the built-in one), else "encoder-lora"."""
+        if self.mode != "auto":
+            return self
+        count = sum(p.numel() for p in model.sam.parameters())
+        return replace(self, mode="full" if count <= FULL_MODE_MAX_PARAMETERS else "encoder-lora")
+
+    def validation_for(self, n_new_train: int) -> str:
+        """"lopo" or "held_out" for a round with ``n_new_train`` new planes."""
+        if self.validation != "auto":
+            return self.validation
+        return "lopo" if n_new_train < LOPO_BELOW else "held_out"
+
+    @property
+    def fold_steps(self) -> int:
+        return int(self.lopo_steps) if self.lopo_steps is not None else max(1, self.steps // 2)
+
+    @property
+    def learning_rate(self) -> float:
+        mode = "full" if self.mode == "auto" else self.mode
+        return float(self.lr) if self.lr is not None else DEFAULT_LR[mode]
+
+    def train_config(self):
+        """The :class:`~napari_vfmseg.training.trainer.TrainConfig` of this round (``mode`` "auto"
+        stands for "full" here: call :meth:`resolve` with the model first)."""
+        from napari_vfmseg.models.lora import LoRAConfig
+        from napari_vfmseg.training.trainer import TrainConfig
+
+        mode = "full" if self.mode == "auto" else self.mode
+        lora = LoRAConfig(rank=self.rank, alpha=float(self.rank), encoder_targets=()) if mode == "encoder-lora" else None
+        return TrainConfig(
+            mode=mode, lora=lora, steps=self.steps, lr=self.learning_rate,
+            images_per_step=self.images_per_step, prompts_per_image=self.prompts_per_image,
+            correction_clicks=self.correction_clicks, val_every=self.val_every,
+            early_stop_patience=self.patience, min_pixels=self.min_pixels, seed=self.seed,
+            warmup_steps=max(1, min(10, self.steps // 10)), augment=self.augment,
+            rotate_degrees=self.rotate_degrees, cache_early=self.cache_early, cache_views=self.cache_views,
+            schedule=self.schedule,
+        )
