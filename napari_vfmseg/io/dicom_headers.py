@@ -150,9 +150,19 @@ def read_header(path: str | os.PathLike) -> SliceHeader:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    failures = (InvalidDicomError, OSError, ValueError, EOFError, KeyError, IndexError, TypeError, AttributeError)
     try:
         ds = pydicom.dcmread(str(path), defer_size="2 KB", force=False)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, IndexError, TypeError) as exc:
+    except InvalidDicomError as exc:
+        # older exports omit the 128-byte preamble and 'DICM': read the data set itself, and accept it
+        # only if it names an instance
+        try:
+            ds = pydicom.dcmread(str(path), defer_size="2 KB", force=True)
+            if "SOPInstanceUID" not in ds:
+                raise InvalidDicomError("no DICOM preamble and no SOP Instance UID")
+        except failures as again:
+            raise VolumeReadError(f"{path}: not a readable DICOM file ({again})") from exc
+    except failures as exc:
         raise VolumeReadError(f"{path}: not a readable DICOM file ({exc})") from exc
     try:
         rescale = (float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0))
