@@ -163,3 +163,29 @@ def _display_name(volume: Volume) -> str:
     if volume.path is None:
         return "volume"
     return strip_suffix(volume.path)
+
+
+def export_labels(path, labels: np.ndarray, metadata: dict, geometry: dict, *, names: Optional[dict] = None,
+                  model: Optional[str] = None, adapter: Optional[str] = None) -> str:
+    """Write the labels drawn on an image layer: a DICOM-SEG for a ``.dcm`` path, else a label file.
+
+    ``metadata`` is the image layer's metadata (its ``GEOMETRY_KEY`` entry names the DICOM source);
+    ``geometry`` the ``{"spacing", "origin", "direction"}`` the labels are written with otherwise
+    (:func:`geometry_from_layer`). ``names`` (label value → name), ``model`` and ``adapter`` go
+    into the DICOM-SEG's segments. Returns the written path.
+
+    Raises:
+        LabelWriteError: a DICOM-SEG for an image that was not read from a DICOM series, or any
+            error of :func:`napari_vfmseg.io.write_labels` / :func:`napari_vfmseg.io.write_dicom_seg`.
+    """
+    from napari_vfmseg.io import write_dicom_seg, write_labels
+    from napari_vfmseg.io.formats import DICOM_SUFFIXES, path_extension
+
+    values = np.asarray(labels)
+    if path_extension(path) not in DICOM_SUFFIXES:
+        return str(write_labels(path, values, **geometry))
+    try:
+        like = source_volume((metadata or {}).get(GEOMETRY_KEY) or {}, values.shape)
+    except (ValueError, KeyError) as exc:
+        raise LabelWriteError(f"{path}: cannot write a DICOM-SEG: {exc}; save as .nii.gz, .nrrd or .mha") from exc
+    return write_dicom_seg(path, values, like, names=names, model=model, adapter=adapter)

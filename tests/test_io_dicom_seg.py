@@ -147,3 +147,22 @@ def test_labels_layer_kwargs_of_a_seg_place_it_on_the_source(tmp_path):
     kwargs = labels_layer_kwargs(scan)
     np.testing.assert_allclose(kwargs["scale"], source.spacing)
     np.testing.assert_allclose(kwargs["translate"], source.origin)
+
+
+def test_widget_export_function_writes_seg_or_label_file(tmp_path):
+    from napari_vfmseg._layer_geometry import export_labels, geometry_from_layer, image_layer_kwargs
+
+    folder, _, uid = clean_series(tmp_path / "ct")
+    source = _read(folder)
+    kwargs = image_layer_kwargs(source)
+    labels = _labels(source.spatial_shape)
+    geometry = geometry_from_layer(kwargs["metadata"], kwargs["scale"], kwargs["translate"], 3)
+    seg = export_labels(tmp_path / "objects.dcm", labels, kwargs["metadata"], geometry, names={3: "liver"},
+                        model="builtin", adapter=None)
+    back, _ = read_segmentation(seg, source=source)
+    np.testing.assert_array_equal(back.array, labels)
+    assert back.metadata["label_names"][3] == "liver"
+    nifti = export_labels(tmp_path / "objects.nii.gz", labels, kwargs["metadata"], geometry)
+    np.testing.assert_allclose(read_volume(nifti).affine, source.affine, atol=1e-5)
+    with pytest.raises(LabelWriteError, match="cannot write a DICOM-SEG"):
+        export_labels(tmp_path / "x.dcm", labels, {}, geometry)
