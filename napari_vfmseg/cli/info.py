@@ -1,4 +1,5 @@
-"""``vfmseg info``: versions, compute device and cache locations."""
+"""``vfmseg info``: versions, compute device, cache locations and the embedding cache's state
+(entries, size, limit, damaged entries found)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def collect_info() -> dict:
     import torch
 
     from napari_vfmseg import __version__
+    from napari_vfmseg.engine import cache_folder
     from napari_vfmseg.models.device import resolve_device
     from napari_vfmseg.models.paths import vfmseg_home
 
@@ -36,6 +38,7 @@ def collect_info() -> dict:
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "cpu_threads": torch.get_num_threads(),
         "cache_dir": str(vfmseg_home()),
+        "embedding_cache": cache_folder.summary(vfmseg_home()),
         "platform": platform.platform(),
     }
 
@@ -51,4 +54,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"device (auto)    {info['device']}" + (f" ({info['cuda_device']})" if info["cuda_device"] else ""))
     print(f"CPU threads      {info['cpu_threads']}")
     print(f"cache directory  {info['cache_dir']}")
+    cache = info["embedding_cache"]
+    print(f"embedding cache  {cache['entries']} entries, {cache['bytes'] / 1024**2:.1f} MiB of "
+          f"{cache['max_bytes'] / 1024**3:.1f} GiB, {cache['damaged_entries']} damaged found "
+          f"(data derived from patient images; `vfmseg cache` to inspect or purge)")
     return 0

@@ -17,6 +17,9 @@ The histogram's bins are fixed by the plane the statistics come from: 2 % of its
 percentile range each (34 HU on an abdominal CT plane), so noise does not split one tissue into
 many bins, and values outside the range fall into the end bins. Quantiles make a seed mask that
 spilled a little into its neighbours (a box filled by the model) still describe the object.
+
+Non-finite voxels (NaN, infinite: missing data in some reconstructions) are ignored everywhere:
+they count in no histogram and no quantile, and are never plausible.
 """
 
 from __future__ import annotations
@@ -49,13 +52,17 @@ class Appearance:
     @classmethod
     def of(cls, plane_values: np.ndarray, mask: np.ndarray) -> Optional["Appearance"]:
         """Statistics of ``plane_values`` (rows, cols), any real dtype, under ``mask`` (bool (rows, cols)),
-        with bins from this plane's own range. None when the mask is empty or the plane is not a
-        scalar image of the mask's shape."""
+        with bins from this plane's own finite range. None when the mask has no finite voxel or the
+        plane is not a scalar image of the mask's shape."""
         values = np.asarray(plane_values)
         mask = np.asarray(mask, dtype=bool)
-        if values.shape != mask.shape or not mask.any() or not np.issubdtype(values.dtype, np.number):
+        if values.shape != mask.shape or not np.issubdtype(values.dtype, np.number):
             return None
-        p01, p99 = np.percentile(values, (1, 99))
+        finite = np.isfinite(values)
+        mask = mask & finite
+        if not mask.any():
+            return None
+        p01, p99 = np.percentile(values[finite], (1, 99))
         width = max(0.02 * float(p99 - p01), 1e-6)
         return cls._summarise(float(p01) - 5 * width + width * np.arange(_BINS + 1), values[mask])
 
@@ -71,11 +78,12 @@ class Appearance:
 
     def like(self, plane_values: np.ndarray, mask: np.ndarray) -> Optional["Appearance"]:
         """The statistics of another mask, on this one's bins (so the two can be compared); None
-        for an empty mask."""
-        mask = np.asarray(mask, dtype=bool)
+        for a mask without a finite voxel."""
+        values = np.asarray(plane_values)
+        mask = np.asarray(mask, dtype=bool) & np.isfinite(values)
         if not mask.any():
             return None
-        return self._summarise(self.edges, np.asarray(plane_values)[mask])
+        return self._summarise(self.edges, values[mask])
 
     def similarity(self, plane_values: np.ndarray, mask: np.ndarray) -> float:
         """Bhattacharyya coefficient in [0, 1] between this histogram and that of ``plane_values``
@@ -88,7 +96,8 @@ class Appearance:
         return float(np.clip(np.sum(np.sqrt(self.histogram * other.histogram)), 0.0, 1.0))
 
     def plausible(self, plane_values: np.ndarray, tolerance: float) -> np.ndarray:
-        """Bool (rows, cols): pixels within ``[low - tolerance * spread, high + tolerance * spread]``."""
+        """Bool (rows, cols): pixels within ``[low - tolerance * spread, high + tolerance * spread]``
+        (never a non-finite one)."""
         values = np.asarray(plane_values)
         margin = float(tolerance) * self.spread
         return (values >= self.low - margin) & (values <= self.high + margin)
