@@ -177,3 +177,11 @@ def test_missing_slice_through_napari_reader_places_planes_at_their_positions(tm
     assert kind == "image" and data.shape == hu.shape
     np.testing.assert_allclose(kwargs["scale"], (2.5, 0.8, 0.7))
     assert kwargs["metadata"]["vfmseg"]["dicom"]["dicom_interpolated_planes"] == [6]
+
+
+def test_rounded_header_positions_are_not_called_sheared(tmp_path):
+    folder, hu, _ = clean_series(tmp_path / "ct")
+    rng = np.random.default_rng(0)
+    for plane in range(8):  # positions as some scanners write them: jitter of a few hundredths of a mm
+        move(slice_file(folder, plane), (*rng.uniform(-0.02, 0.02, 2), 0.0))
+    np.testing.assert_array_equal(_quiet_read(folder).array, hu)

@@ -9,9 +9,10 @@ Columns, PixelSpacing, Modality and rescale tags:
 - positions are projected on the slice normal (row direction x column direction) and sorted;
   two files at one position (within :data:`POSITION_TOL` mm): exact copies (same SOP instance)
   keep one with a warning, different images are refused;
-- shear: a position more than :data:`POSITION_TOL` mm off the line through the first slice along
-  the normal (slices sliding sideways, as with gantry tilt) is refused with the tilt in degrees —
-  a label map on an orthogonal grid would be misplaced;
+- shear: a position off the line through the first slice along the normal (slices sliding
+  sideways, as with gantry tilt) by more than a tenth of a pixel (:data:`SHEAR_PIXEL_FRACTION`,
+  at least :data:`SHEAR_TOL` mm, so rounded header values pass) is refused with the tilt in
+  degrees — a label map on an orthogonal grid would be misplaced;
 - spacing: the gaps between neighbours must agree with their median within
   ``max(POSITION_TOL, STEP_RTOL * median)``. If not (a missing slice, a change of spacing), the
   series is read onto a regular grid at the slices' true positions: grid planes that coincide
@@ -40,6 +41,8 @@ __all__ = [
     "SPACING_RTOL",
     "POSITION_TOL",
     "STEP_RTOL",
+    "SHEAR_TOL",
+    "SHEAR_PIXEL_FRACTION",
     "SeriesLayout",
     "plan_series",
     "read_series",
@@ -50,8 +53,12 @@ __all__ = [
 ORIENTATION_TOL = 1e-4
 #: Relative tolerance on PixelSpacing between files.
 SPACING_RTOL = 1e-4
-#: Positions (mm) closer than this are one position; a slice further than this off the normal is sheared.
+#: Positions (mm) closer than this along the normal are one position.
 POSITION_TOL = 0.01
+#: A slice further off the normal than this fraction of the smaller pixel spacing is sheared ...
+SHEAR_PIXEL_FRACTION = 0.1
+#: ... and at least this far (mm): headers round positions and orientations to a few decimals.
+SHEAR_TOL = 0.05
 #: Gaps between neighbouring slices are uniform when they agree with the median within this fraction.
 STEP_RTOL = 0.01
 
@@ -163,7 +170,8 @@ def _check_shear(slices: list[SliceHeader], normal: np.ndarray, where: str) -> N
     sideways = offsets - np.outer(offsets @ normal, normal)
     drift = np.linalg.norm(sideways, axis=1)
     worst = int(np.argmax(drift))
-    if drift[worst] > POSITION_TOL:
+    pixel = min(slices[0].pixel_spacing or (1.0, 1.0))
+    if drift[worst] > max(SHEAR_TOL, SHEAR_PIXEL_FRACTION * pixel):
         along = abs(float(offsets[worst] @ normal))
         tilt = float(np.degrees(np.arctan2(drift[worst], along))) if along > 0 else 90.0
         raise VolumeReadError(
