@@ -204,6 +204,8 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str]) -> Volume:
                           stacklevel=3)
         else:
             logger.info(message)
+    if chosen.n_slices == 1 and chosen.headers[0].n_frames > 1:  # one enhanced multi-frame file
+        return _read_file(Path(chosen.files[0]))
     array, layout = dicom_series.read_series(chosen, str(folder))
     metadata = dicom_series.layout_metadata(chosen, layout, len(all_series))
     try:
