@@ -142,7 +142,7 @@ def test_a_site_round_trains_only_b_and_returns_only_the_exchanged_tensors():
     assert sorted(tensors) == sorted(names)
     assert examples == site.n_objects > 0
     assert any(np.abs(t).max() > 0 for t in tensors.values())       # B moved away from zero
-    assert np.isfinite(metrics["train-loss"]) and 0.0 <= metrics["heldout-box-dice-before"] <= 1.0
+    assert np.isfinite(metrics["train-loss"]) and metrics["seconds"] > 0
     after = site.model.sam.state_dict()
     for name, value in base.items():                                 # base weights untouched
         torch.testing.assert_close(after[name], value, rtol=0, atol=0)

@@ -66,7 +66,7 @@ def _model_source(model: Optional[str]):
     """The ModelSource for ``--model`` (a registry name or a file), or the default; None if there is none."""
     from napari_vfmseg.cli import UserError
     from napari_vfmseg.models import model_names
-    from napari_vfmseg.widgets.model_choice import ModelSource, default_model_name
+    from napari_vfmseg.annotation.model_choice import ModelSource, default_model_name
 
     if model is None:
         name = default_model_name()
@@ -79,7 +79,7 @@ def _model_source(model: Optional[str]):
 
 
 def _import_torch_first() -> None:
-    """Load torch (and triton, through torchvision) before napari starts OpenGL: see widgets._gl_compat."""
+    """Load torch (and triton, through torchvision) before napari starts OpenGL: see annotation._gl_compat."""
     import napari_vfmseg.engine  # noqa: F401
 
 
@@ -115,7 +115,7 @@ def run_headless(sample: str, out: Path, model: Optional[str] = None, segmenter=
             if segmenter is None and source is not None:
                 segmenter = _load(source)
             if segmenter is None:
-                from napari_vfmseg.widgets.model_choice import NO_MODEL_HELP
+                from napari_vfmseg.annotation.model_choice import NO_MODEL_HELP
 
                 result = {"segmentation": "skipped", "reason": NO_MODEL_HELP}
                 print(f"vfmseg demo: segmentation skipped: {NO_MODEL_HELP}", file=sys.stderr)
@@ -132,7 +132,7 @@ def run_headless(sample: str, out: Path, model: Optional[str] = None, segmenter=
 
 
 def _load(source):
-    from napari_vfmseg.widgets.model_choice import load_engine
+    from napari_vfmseg.annotation.model_choice import load_engine
 
     return load_engine(source, cache_dir=None)
 
@@ -270,11 +270,12 @@ def organ_box(truth, label: int, margin: int):
 
 
 def _dice(predicted, expected) -> float:
+    """The project's one Dice (:func:`napari_vfmseg.training.metrics.dice`), on any boolean-like masks."""
     import numpy as np
 
-    predicted, expected = np.asarray(predicted, bool), np.asarray(expected, bool)
-    total = predicted.sum() + expected.sum()
-    return 1.0 if total == 0 else 2.0 * float((predicted & expected).sum()) / float(total)
+    from napari_vfmseg.training.metrics import dice
+
+    return dice(np.asarray(predicted, bool), np.asarray(expected, bool))
 
 
 def _wait(condition, timeout: float) -> None:
@@ -308,7 +309,7 @@ def _populate(viewer, sample: str) -> dict:
 def _screenshots(viewer, out: Path) -> list[Path]:
     """Axial and coronal views at the middle of the volume (the coronal one shows the mm aspect)."""
     from napari_vfmseg._screenshot import save_screenshot
-    from napari_vfmseg.widgets.view_orientation import show_head_up
+    from napari_vfmseg._view_orientation import show_head_up
 
     shots = []
     if viewer.dims.ndim < 3:

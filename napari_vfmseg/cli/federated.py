@@ -27,6 +27,10 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--rounds", type=int, default=5, help="server rounds (default 5)")
     group.add_argument("--local-steps", type=int, default=20, help="optimiser steps per site and round (default 20)")
     group.add_argument("--sites-per-round", type=int, default=0, help="sites sampled per round (default 0: all)")
+    group.add_argument("--images-per-step", type=int, default=4, help="planes per local step (default 4)")
+    group.add_argument("--prompts-per-image", type=int, default=4, help="objects per plane and step (default 4)")
+    group.add_argument("--correction-clicks", type=int, default=1,
+                       help="corrective clicks after the first prompt in training (default 1)")
     group.add_argument("--lr", type=float, default=3e-3, help="learning rate of the LoRA tensors (default 3e-3)")
     group.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
     group.add_argument("--alpha", type=float, default=8.0, help="LoRA alpha (default 8)")
@@ -49,6 +53,8 @@ def _config(args: argparse.Namespace, min_sites: int):
         encoder = default_encoder_targets(load_base(args.model).sam.image_encoder)
     return FederatedConfig(strategy=args.strategy, rounds=args.rounds, local_steps=args.local_steps,
                            sites_per_round=args.sites_per_round, min_sites=min_sites, lr=args.lr, rank=args.rank,
+                           images_per_step=args.images_per_step, prompts_per_image=args.prompts_per_image,
+                           correction_clicks=args.correction_clicks,
                            alpha=args.alpha, decoder_targets=DECODER_TARGETS, encoder_targets=encoder,
                            seed=args.seed, round_timeout_s=args.round_timeout)
 

@@ -95,7 +95,9 @@ def run_flower_simulation(server_app, client_app, num_sites: int, cpus: int = 2,
             server_app=server_app, client_app=client_app, num_supernodes=int(num_sites),
             backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                             "init_args": {"num_cpus": max(1, int(cpus)), "include_dashboard": False,
-                                          "log_to_driver": bool(verbose)}},
+                                          "log_to_driver": bool(verbose),
+                                          # Ray's default reserves 30% of RAM in /dev/shm; adapters are small
+                                          "object_store_memory": 256 * 1024 * 1024}},
             verbose_logging=verbose,
         )
     finally:

@@ -24,7 +24,7 @@ from typing import Optional, Union
 import numpy as np
 
 from napari_vfmseg.io.atomic import atomic_path
-from napari_vfmseg.io.dicom_headers import SEGMENTATION_SOP_CLASS, folder_has_dicom, list_dicom_series
+from napari_vfmseg.io.dicom_headers import SEGMENTATION_SOP_CLASS, folder_has_dicom, looks_like_dicom_file
 from napari_vfmseg.io.errors import LabelWriteError, VolumeReadError
 from napari_vfmseg.io.volume import Volume
 
@@ -177,17 +177,28 @@ def find_source_folder(seg_path: Path, series_uid: str) -> Path:
     if folder.parent != folder:
         candidates += sorted(p for p in folder.parent.iterdir() if p.is_dir() and p != folder)
     for candidate in candidates:
-        if not folder_has_dicom(candidate):
-            continue
-        try:
-            if any(info.uid == series_uid for info in list_dicom_series(candidate)):
-                return candidate
-        except VolumeReadError:
-            continue
+        if folder_has_dicom(candidate) and _holds_series(candidate, series_uid):
+            return candidate
     raise VolumeReadError(
         f"{seg_path}: its source DICOM series {series_uid} is not in {folder}, its subfolders or the folders "
         "beside it; give the folder of the scan it was drawn on (source=)"
     )
+
+
+def _holds_series(folder: Path, series_uid: str) -> bool:
+    """True when an image file of ``folder`` belongs to ``series_uid`` (reads two tags per file)."""
+    import pydicom
+
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or not looks_like_dicom_file(entry):
+            continue
+        try:
+            ds = pydicom.dcmread(str(entry), stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "SOPClassUID"])
+        except Exception:  # unreadable files are not the source; the reader reports them if chosen
+            continue
+        if str(ds.get("SeriesInstanceUID", "")) == series_uid and str(ds.get("SOPClassUID", "")) != SEGMENTATION_SOP_CLASS:
+            return True
+    return False
 
 
 def read_segmentation(path: Union[str, os.PathLike], source: Union[str, os.PathLike, Volume, None] = None

@@ -3,10 +3,16 @@
 :class:`EngineLink` gives the engine the image being annotated (``set_volume`` along the axis on
 screen, or ``set_image`` for a 2D image), embeds the plane on screen first and the others in the
 background (the engine's prefetch, followed by a napari generator worker), and runs predictions
-for the :class:`~napari_vfmseg.widgets.session.AnnotationSession`'s requests, and 3D propagations
+for the :class:`~napari_vfmseg.annotation.session.AnnotationSession`'s requests, and 3D propagations
 of its key planes (:meth:`EngineLink.propagate`, cancellable). Every engine call runs on a worker
 thread, one at a time (:class:`~napari_vfmseg.widgets.workers.JobQueue`); the UI thread only
 receives results through signals.
+
+Threads: every attribute of :class:`EngineLink` is read and written on the UI thread only, except
+the first-embedding times of a prefetch, which the engine's thread records under
+``EngineLink._times_lock``. The engine guards its own state (its current plane included) with its
+own lock; :class:`~napari_vfmseg.annotation.session.AnnotationSession` is touched on the UI
+thread only (a worker runs a request's copy of the prompts, never the session).
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ from typing import Callable, Optional
 import numpy as np
 from qtpy.QtCore import QObject, Signal
 
-from napari_vfmseg.widgets.planes import Plane
-from napari_vfmseg.widgets.session import AnnotationSession
+from napari_vfmseg.annotation.planes import Plane
+from napari_vfmseg.annotation.session import AnnotationSession
 from napari_vfmseg.widgets.workers import JobQueue, start_thread, watch_prefetch
 
 __all__ = ["EngineLink"]
@@ -57,6 +63,7 @@ class EngineLink(QObject):
         self._watcher = None
         self._current_plane: Callable[[], Optional[Plane]] = lambda: None
         self._propagation: Optional[threading.Event] = None   # the cancel token of the propagation under way
+        self._times_lock = threading.Lock()   # first-embedding times written by the engine's thread
 
     # ------------------------------------------------------------------ state
 
@@ -202,9 +209,11 @@ class EngineLink(QObject):
         segmenter.current_plane = plane.index
         started = time.perf_counter()
         first_done: dict[int, float] = {}
+        times_lock = self._times_lock
 
-        def record(done: int, total: int, index: int) -> None:  # engine thread: plain dict writes only
-            first_done.setdefault(int(index), time.perf_counter() - started)
+        def record(done: int, total: int, index: int) -> None:  # the engine's thread
+            with times_lock:
+                first_done.setdefault(int(index), time.perf_counter() - started)
 
         handle = segmenter.prefetch(callback=record)
         self._handle = handle
@@ -214,8 +223,10 @@ class EngineLink(QObject):
                 return
             done, total = value
             self._embedded.update(handle.order[:done])
-            if handle.order and handle.order[0] in first_done and self.stats["embed_seconds"] is None:
-                self.stats["embed_seconds"] = first_done[handle.order[0]]
+            with times_lock:
+                first = first_done.get(handle.order[0]) if handle.order else None
+            if first is not None and self.stats["embed_seconds"] is None:
+                self.stats["embed_seconds"] = first
             self.progress.emit(done, max(1, total))
 
         def failed(error: BaseException) -> None:

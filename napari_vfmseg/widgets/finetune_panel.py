@@ -2,7 +2,7 @@
 
 The panel counts the planes with committed objects in the open volumes (the annotated image and
 every image whose "<name> objects" labels layer is open; optionally also a folder of image/label
-pairs), and **Start** runs one round (:func:`napari_vfmseg.training.rounds.run_round`) on a napari
+pairs), and **Start** runs one round (:func:`napari_vfmseg.training.rounds.run_round`) on a
 worker thread, with a progress bar, a live plot of the loss and the validation Dice, and
 **Cancel**. Training runs on a *copy* of the model: the viewer keeps predicting with the model
 and adapter in use, and nothing about them changes until you switch the new adapter on.
@@ -23,13 +23,10 @@ from __future__ import annotations
 import os
 import threading
 from functools import partial
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-import numpy as np
-from qtpy.QtCore import QPointF, QTimer, Signal
-from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -46,7 +43,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_vfmseg._layer_geometry import GEOMETRY_KEY
+from napari_vfmseg.widgets.adapter_switch import AdapterSwitch, dice_pair
+from napari_vfmseg.widgets.finetune_sources import AnnotatedSource, annotated_sources
+from napari_vfmseg.widgets.loss_plot import LossPlot
+from napari_vfmseg.widgets.notify import notify as _notify
 from napari_vfmseg.widgets.workers import run_in_background
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,73 +68,7 @@ def default_project_folder() -> Path:
     return base / "finetune"
 
 
-@dataclass
-class _Source:
-    """One annotated volume, captured on the UI thread: labels copied, image as shown."""
-
-    name: str
-    image: np.ndarray
-    labels: np.ndarray
-    axis: Optional[int]
-    window: object
-    modality: Optional[str]
-
-
-class LossPlot(QWidget):
-    """Training loss (grey, scaled to its own range) and validation Dice (orange dots, 0–1) per step."""
-
-    def __init__(self, parent: Optional[QWidget] = None) -> None:
-        super().__init__(parent)
-        self.total = 1
-        self.losses: list[tuple[int, float]] = []
-        self.dices: list[tuple[int, float]] = []
-        self.setMinimumHeight(90)
-        self.setToolTip("grey: training loss (own scale) · orange: validation Dice on held-out planes (0–1)")
-
-    def reset(self, total: int) -> None:
-        self.total = max(1, int(total))
-        self.losses, self.dices = [], []
-        self.update()
-
-    def add(self, step: int, loss: Optional[float], val_dice: Optional[float]) -> None:
-        if loss is not None and np.isfinite(loss):
-            self.losses.append((int(step), float(loss)))
-        if val_dice is not None:
-            self.dices.append((int(step), float(val_dice)))
-        self.update()
-
-    def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.Antialiasing)
-        rect = self.rect().adjusted(4, 14, -4, -4)
-        painter.setPen(QPen(QColor(128, 128, 128), 1))
-        painter.drawRect(rect)
-        painter.drawText(6, 11, "loss")
-        painter.setPen(QColor(230, 140, 40))
-        painter.drawText(40, 11, "val Dice")
-
-        def x_of(step: int) -> float:
-            return rect.left() + rect.width() * step / self.total
-
-        if len(self.losses) > 1:
-            values = np.array([v for _, v in self.losses])
-            low, high = float(values.min()), float(values.max())
-            span = (high - low) or 1.0
-            line = QPolygonF([QPointF(x_of(s), rect.bottom() - rect.height() * (v - low) / span) for s, v in self.losses])
-            painter.setPen(QPen(QColor(160, 160, 160), 1.2))
-            painter.drawPolyline(line)
-        if self.dices:
-            painter.setPen(QPen(QColor(230, 140, 40), 1.5))
-            points = [QPointF(x_of(s), rect.bottom() - rect.height() * min(max(v, 0.0), 1.0)) for s, v in self.dices]
-            if len(points) > 1:
-                painter.drawPolyline(QPolygonF(points))
-            painter.setBrush(QColor(230, 140, 40))
-            for point in points:
-                painter.drawEllipse(point, 2.5, 2.5)
-        painter.end()
-
-
-class FinetunePanel(QWidget):
+class FinetunePanel(AdapterSwitch, QWidget):
     """Fine-tuning controls for ``annotator`` (see the module docstring).
 
     Public state: ``store`` (the project's :class:`~napari_vfmseg.training.adapter_store.AdapterStore`),
@@ -306,131 +240,17 @@ class FinetunePanel(QWidget):
             self.pairs_edit.setText(folder)
             self.refresh()
 
-    def _model(self):
-        segmenter = self.annotator.segmenter
-        return None if segmenter is None else segmenter.model
-
-    def _versions(self) -> list:
-        model = self._model()
-        if self.store is None or model is None:
-            return []
-        try:
-            return self.store.versions(model.fingerprint)
-        except (ValueError, OSError) as exc:
-            self.compare_label.setText(str(exc))
-            return []
-
-    def active_version_name(self) -> Optional[str]:
-        """The project version on the model in use (None: no adapter, or one not from this project)."""
-        from napari_vfmseg.training.adapters import active_adapter
-
-        model = self._model()
-        info = active_adapter(model) if model is not None else None
-        if info is None or self.store is None:
-            return None
-        try:
-            version = self.store.find_by_fingerprint(info.fingerprint)
-        except (ValueError, OSError):
-            return None
-        return version.name if version is not None else None
-
-    def model_text(self) -> str:
-        """"model … · adapter …": what predicts in the viewer now."""
-        from napari_vfmseg.training.adapters import active_adapter
-
-        model = self._model()
-        if model is None:
-            return "model: none loaded"
-        info = active_adapter(model)
-        if info is None:
-            adapter = "none (base model)"
-        else:
-            name = self.active_version_name()
-            adapter = f"{name} ({info.mode})" if name else f"{info.mode} adapter {info.fingerprint} (not in this project)"
-        return f"model: {model.name} [{model.fingerprint[:8]}] · adapter: {adapter}"
-
-    def _refresh_versions(self) -> None:
-        versions = self._versions()
-        current = self.versions_combo.currentData()
-        active = self.active_version_name()
-        self.versions_combo.blockSignals(True)
-        self.versions_combo.clear()
-        self.versions_combo.addItem("base model (no adapter)" + ("  ✓" if active is None else ""), None)
-        for version in reversed(versions):
-            self.versions_combo.addItem(version.describe() + ("  ✓" if version.name == active else ""), version.name)
-        index = self.versions_combo.findData(current) if current is not None else 0
-        self.versions_combo.setCurrentIndex(max(index, 0))
-        self.versions_combo.blockSignals(False)
-        self._show_comparison()
-
-    def _show_comparison(self, *_args) -> None:
-        """The selected version's figures beside the active one's."""
-        name = self.versions_combo.currentData()
-        active = self.active_version_name()
-        if self.store is None or self._model() is None:
-            self.compare_label.setText("")
-            return
-        lines = []
-        for label, version_name in (("selected", name), ("in use", active)):
-            if version_name is None:
-                lines.append(f"{label}: base model")
-                continue
-            try:
-                v = self.store.get(version_name)
-            except (ValueError, OSError):
-                continue
-            lines.append(
-                f"{label}: {v.name} · {v.created.replace('T', ' ')[:16]} · {v.mode}"
-                f"{f' r{v.rank}' if v.rank else ''} · {v.n_planes} planes ({v.n_replayed} replayed), {v.n_examples} objects"
-                f" · held-out {_pair(v.dice_before, v.dice_after)} · original domain {_pair(v.guard_before, v.guard_after)}"
-                f" · from {v.parent or 'base'}"
-            )
-        self.compare_label.setText("\n".join(lines))
-
     # ================================================================== counts and controls
 
-    def sources(self, copy: bool = True) -> list[_Source]:
-        """The open annotated volumes: the annotator's image (its window and axis) and every image
-        layer with an "<name> objects" labels layer of its shape. Labels are copied (for a round that
-        trains while the user edits) unless ``copy`` is False (counting only)."""
-        from napari.layers import Image, Labels
-
-        annotator = self.annotator
-        out: list[_Source] = []
-        seen = set()
-        session = annotator.session
-        if session is not None and annotator.image_layer is not None and not annotator.image_layer.rgb:
-            layer = annotator.image_layer
-            plane = annotator.current_plane()
-            axis = None if session.ndim == 2 else (plane.axis if plane is not None else (annotator.engine.axis or 0))
-            out.append(_Source(layer.name, np.asarray(layer.data), _labels_array(session.labels, copy), axis,
-                               annotator.window_combo.currentData(), _modality(layer)))
-            seen.add(layer.unique_id)
-        layers = list(annotator.viewer.layers)
-        for layer in layers:
-            if not isinstance(layer, Image) or layer.unique_id in seen or layer.rgb:
-                continue
-            target = next((lab for lab in layers if isinstance(lab, Labels) and lab.name == f"{layer.name} objects"
-                           and lab.data.shape == layer.data.shape), None)
-            if target is None:
-                continue
-            out.append(_Source(layer.name, np.asarray(layer.data), _labels_array(target.data, copy),
-                               0 if layer.data.ndim == 3 else None, None, _modality(layer)))
-        return out
+    def sources(self, copy: bool = True) -> list[AnnotatedSource]:
+        """The open annotated volumes (see :func:`~napari_vfmseg.widgets.finetune_sources.annotated_sources`)."""
+        return annotated_sources(self.annotator, copy)
 
     def counts(self) -> dict:
         """``planes`` and ``objects`` (committed, per plane) and ``volumes`` available for training."""
-        planes = objects = volumes = 0
-        for source in self.sources(copy=False):
-            labels = source.labels if source.axis is None else np.moveaxis(source.labels, source.axis, 0)
-            stack = labels[None] if labels.ndim == 2 else labels
-            flat = stack.reshape(stack.shape[0], -1)
-            filled = np.flatnonzero(flat.any(axis=1))
-            if filled.size:
-                volumes += 1
-            planes += int(filled.size)
-            objects += sum(int(np.count_nonzero(np.bincount(flat[p].astype(np.int64))[1:] >= 20)) for p in filled)
-        return {"planes": planes, "objects": objects, "volumes": volumes}
+        from napari_vfmseg.training.rounds import count_annotated
+
+        return count_annotated([(source.labels, source.axis) for source in self.sources(copy=False)])
 
     def refresh(self) -> None:
         """Recount the annotated planes, reload the version list, update the labels and buttons."""
@@ -599,99 +419,6 @@ class FinetunePanel(QWidget):
         self.refresh()
         self.round_finished.emit(None)
 
-    # ================================================================== activation
-
-    def _on_use_new(self, checked: bool) -> None:
-        result = self.last_result
-        if result is None or result.version is None:
-            return
-        self.activate(result.version.name if checked else result.parent)
-
-    def activate(self, name: Optional[str]) -> bool:
-        """Put version ``name`` (None: no adapter) on the model in use, on the engine's queue.
-
-        Background embedding stops first; afterwards the engine takes the image again, so an
-        encoder-changing adapter re-embeds the plane on screen first. A failure puts the previous
-        adapter back. Returns False when it cannot start.
-        """
-        segmenter = self.annotator.segmenter
-        if segmenter is None or self.store is None or self.activating or self.running:
-            return False
-        model, store, engine = segmenter.model, self.store, self.annotator.engine
-        self.activating = True
-        self._update_controls()
-        self.status_label.setText(f"switching to {name or 'the base model'} …")
-
-        def prepare():
-            engine.detach()   # no prediction, prefetch or propagation may start until the switch is done
-
-            def job():
-                from napari_vfmseg.training.adapters import (
-                    active_adapter,
-                    apply_adapter_tensors,
-                    current_adapter_tensors,
-                    remove_adapter,
-                )
-
-                segmenter.close()                         # background embedding finished, joined
-                previous = active_adapter(model)
-                saved = (current_adapter_tensors(model), previous) if previous is not None else None
-                try:
-                    store.apply(model, name)
-                except BaseException:
-                    remove_adapter(model)
-                    if saved is not None:
-                        apply_adapter_tensors(model, *saved)
-                    raise
-                encoder_changed = (previous is not None and previous.changes_encoder) or (
-                    active_adapter(model) is not None and active_adapter(model).changes_encoder)
-                return encoder_changed
-
-            return job
-
-        def done(encoder_changed: bool) -> None:
-            try:
-                store.activate(name, model.fingerprint)
-            except (ValueError, OSError) as exc:
-                _notify("warning", f"the adapter is in use, but the project index could not record it: {exc}")
-            self._finish_activation(name, True, encoder_changed, segmenter)
-
-        def failed(error: BaseException) -> None:
-            _notify("error", f"could not switch to {name or 'the base model'}: {str(error).strip() or type(error).__name__}; "
-                             "the previous adapter stays in use")
-            self._finish_activation(name, False, False, segmenter)
-
-        engine.jobs.submit(("adapter", id(self)), prepare, done, failed)
-        return True
-
-    def _finish_activation(self, name: Optional[str], ok: bool, encoder_changed: bool, segmenter) -> None:
-        self.activating = False
-        current = self.annotator.segmenter   # another model may have been loaded meanwhile: attach that one
-        if current is not None:
-            self._reembedding = ok and encoder_changed and current is segmenter and self.annotator.session is not None
-            self.annotator.use_segmenter(current)   # the engine takes the image again (new cache keys)
-        version = getattr(self.last_result, "version", None)
-        self.use_new_check.blockSignals(True)
-        self.use_new_check.setChecked(version is not None and self.active_version_name() == version.name)
-        self.use_new_check.blockSignals(False)
-        active = self.active_version_name()   # the list shows what is in use now
-        self.versions_combo.setCurrentIndex(max(self.versions_combo.findData(active), 0) if active else 0)
-        if ok:
-            self._status = (f"now using {name or 'the base model'}"
-                            + (" · its encoder differs: planes are embedded again, the one on screen first"
-                               if encoder_changed else ""))
-        self.refresh()
-        self.activation_finished.emit(name, ok)
-
-    def _on_embed_progress(self, done: int, total: int) -> None:
-        if not self._reembedding:
-            return
-        if total and done >= total:
-            self._reembedding = False
-            self._update_controls()
-            return
-        self.status_label.setText(f"embedding planes for the new encoder: {done} of {total or '…'}")
-
 
 def _set_all(events: list, *_args) -> None:
     """Set every event in ``events`` (cancels a running round when the annotator goes away)."""
@@ -704,8 +431,8 @@ def describe_round(result) -> str:
     plan = result.plan
     lines = [
         f"{plan.describe()} · {result.train.steps_done} steps (best {result.train.best_step}) in {result.seconds:.0f} s",
-        f"held-out planes ({len(plan.held_out)}), 1-click Dice: {_pair(result.dice_before, result.dice_after)}",
-        f"original domain, 1-click Dice: {_pair(result.guard_before, result.guard_after)}",
+        f"held-out planes ({len(plan.held_out)}), 1-click Dice: {dice_pair(result.dice_before, result.dice_after)}",
+        f"original domain, 1-click Dice: {dice_pair(result.guard_before, result.guard_after)}",
     ]
     lines += [f"warning: {note}" for note in getattr(result, "notes", [])]
     if result.version is not None:
@@ -713,31 +440,8 @@ def describe_round(result) -> str:
     return "\n".join(lines)
 
 
-def _pair(before: Optional[float], after: Optional[float]) -> str:
-    if before is None and after is None:
-        return "not measured"
-    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-    return f"{fmt(before)} → {fmt(after)}"
-
-
-def _labels_array(data, copy: bool) -> np.ndarray:
-    """The labels as a numpy array: a copy, or a view where one is possible (counting only)."""
-    return np.array(data, copy=True) if copy else np.asarray(data)
-
-
-def _modality(layer) -> Optional[str]:
-    return ((layer.metadata or {}).get(GEOMETRY_KEY) or {}).get("modality")
-
-
 def _row(*widgets: QWidget) -> QHBoxLayout:
     row = QHBoxLayout()
     for widget in widgets:
         row.addWidget(widget)
     return row
-
-
-def _notify(level: str, message: str) -> None:
-    from napari.utils import notifications
-
-    show = {"error": notifications.show_error, "warning": notifications.show_warning}.get(level, notifications.show_info)
-    show(message)

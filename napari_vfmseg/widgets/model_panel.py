@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_vfmseg.widgets.model_choice import ModelSource, default_model_name
+from napari_vfmseg.annotation.model_choice import ModelSource, default_model_name
 
 __all__ = ["ModelPanel", "FILE_CHOICE"]
 

@@ -8,7 +8,7 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
-from napari_vfmseg.widgets.objects import ObjectTable
+from napari_vfmseg.annotation.objects import ObjectTable
 
 __all__ = ["ObjectsPanel"]
 

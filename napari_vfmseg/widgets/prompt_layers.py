@@ -8,7 +8,7 @@
 All are placed exactly on the image layer (same scale, translate, rotation, shear and affine),
 but conversion never relies on that: a vertex goes layer data → world → image data
 (``image_layer.world_to_data``), and (row, col) on a plane are the image's array axes other than
-the plane axis (see :mod:`napari_vfmseg.widgets.planes`).
+the plane axis (see :mod:`napari_vfmseg.annotation.planes`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Iterator, Optional
 import numpy as np
 
 from napari_vfmseg._layer_geometry import GEOMETRY_KEY
-from napari_vfmseg.widgets.planes import Plane, plane_axes, plane_shape
-from napari_vfmseg.widgets.prompts import PlanePrompts, clip_box, point_inside
+from napari_vfmseg.annotation.planes import Plane, plane_axes, plane_shape
+from napari_vfmseg.annotation.prompts import PlanePrompts, clip_box, point_inside
 
 __all__ = [
     "PromptLayers",

@@ -22,7 +22,7 @@ NO_MODEL_HELP = (
 
 def default_model_name() -> Optional[str]:
     """:func:`napari_vfmseg.models.default_model_name`, imported safely inside a running viewer."""
-    from napari_vfmseg.widgets._gl_compat import guard_triton
+    from napari_vfmseg.annotation._gl_compat import guard_triton
 
     guard_triton()
     from napari_vfmseg.models import default_model_name as registry_default
@@ -53,7 +53,7 @@ def load_engine(source: ModelSource, cache_dir=None, download: bool = True):
     Slow (reads, maybe downloads, weights): call it off the UI thread. ``cache_dir``: the disk
     embedding cache (None: memory only). Raises ValueError / FileNotFoundError with the reason.
     """
-    from napari_vfmseg.widgets._gl_compat import guard_triton
+    from napari_vfmseg.annotation._gl_compat import guard_triton
 
     guard_triton()
     from napari_vfmseg.engine import Segmenter

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from napari_vfmseg.widgets.objects import ObjectRecord
+from napari_vfmseg.annotation.objects import ObjectRecord
 
 __all__ = ["LabelEdit", "EditHistory"]
 

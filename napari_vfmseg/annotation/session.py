@@ -10,7 +10,7 @@ Arrays, in array axis order:
   the napari Labels layer that shows them (napari's paint/erase tools write into it directly).
 * ``preview`` same shape, uint8: 1 where the current, not yet committed, object is.
 
-Prompts are kept per :class:`~napari_vfmseg.widgets.planes.Plane`; each plane with prompts has
+Prompts are kept per :class:`~napari_vfmseg.annotation.planes.Plane`; each plane with prompts has
 its own prediction, and the preview is their union. A correction click (prompts that extend the
 previous ones by new points) feeds the previous low-resolution logits back to the model.
 
@@ -30,10 +30,11 @@ from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 
-from napari_vfmseg.widgets.history import EditHistory, LabelEdit
-from napari_vfmseg.widgets.objects import ObjectRecord, ObjectTable
-from napari_vfmseg.widgets.planes import Plane, intersection_line, plane_region, plane_shape
-from napari_vfmseg.widgets.prompts import PlanePrompts
+from napari_vfmseg.annotation.history import EditHistory, LabelEdit
+from napari_vfmseg.annotation.objects import ObjectRecord, ObjectTable
+from napari_vfmseg.annotation.planes import Plane, plane_region, plane_shape
+from napari_vfmseg.annotation.preview import VolumePreview, compose_all, compose_plane
+from napari_vfmseg.annotation.prompts import PlanePrompts
 
 __all__ = ["AnnotationSession", "PredictionRequest", "PropagationRequest", "Predictor", "ExportResult", "object_table_paths"]
 
@@ -86,12 +87,6 @@ class PropagationRequest:
     @property
     def key_planes(self) -> list[int]:
         return sorted(self.seeds)
-
-
-@dataclass
-class _VolumePreview:
-    axis: int
-    mask: np.ndarray          # bool, the image's shape
 
 
 @dataclass
@@ -158,7 +153,7 @@ class AnnotationSession:
         self._prompts: dict[Plane, PlanePrompts] = {}
         self._results: dict[Plane, _PlaneResult] = {}
         self._painted: dict[Plane, np.ndarray] = {}      # plane → bool (rows, cols) painted on the preview
-        self._volume: Optional[_VolumePreview] = None    # the latest accepted 3D propagation
+        self._volume: Optional[VolumePreview] = None    # the latest accepted 3D propagation
         self.generation = 0   # bumped when the preview is cleared (Esc, commit): older propagations are dropped
 
     @property
@@ -358,7 +353,7 @@ class AnnotationSession:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != self.shape:
             raise ValueError(f"the propagated mask has shape {mask.shape} but the image has shape {self.shape}")
-        self._volume = _VolumePreview(request.axis, mask)
+        self._volume = VolumePreview(request.axis, mask)
         self._compose_all()
         return True
 
@@ -368,51 +363,10 @@ class AnnotationSession:
         return None if self._volume is None else self._volume.axis
 
     def _compose_all(self) -> None:
-        """Rewrite the whole preview: the propagated mask with each key plane's own mask in place of its
-        slice, OR the own masks of planes along other axes."""
-        volume = self._volume
-        if volume is None:
-            self.preview[...] = 0
-        else:
-            np.copyto(self.preview, volume.mask, casting="unsafe")
-        masks = self._own_masks()
-        for plane, mask in masks.items():
-            if volume is not None and plane.axis == volume.axis:
-                self.preview[plane_region(self.ndim, plane)] = mask
-        for plane, mask in masks.items():
-            if volume is None or plane.axis != volume.axis:
-                self.preview[plane_region(self.ndim, plane)] |= mask.astype(np.uint8)
+        compose_all(self.preview, self._volume, self._own_masks())
 
     def _compose(self, plane: Plane) -> None:
-        """Rewrite ``plane``'s slice of the preview as :meth:`_compose_all` would (an own mask only ever
-        changes its own plane's slice)."""
-        region = plane_region(self.ndim, plane)
-        view = self.preview[region]
-        volume = self._volume
-        masks = self._own_masks()
-        if volume is None:
-            view[...] = 0
-        else:
-            view[...] = volume.mask[region]
-            for other, mask in masks.items():   # key planes replace their slice of the propagated mask
-                if other.axis == volume.axis:
-                    crossing = intersection_line(mask, other, plane)
-                    if crossing is not None:
-                        index, line = crossing
-                        view[index] = line
-        own = masks.get(plane)
-        if own is not None:
-            if volume is not None and plane.axis == volume.axis:
-                view[...] = own
-            else:
-                view[own] = 1
-        for other, mask in masks.items():
-            if volume is not None and other.axis == volume.axis:
-                continue
-            crossing = intersection_line(mask, other, plane)
-            if crossing is not None:
-                index, line = crossing
-                view[index] |= line.astype(np.uint8)
+        compose_plane(self.preview, plane, self._volume, self._own_masks())
 
     # ------------------------------------------------------------------------ objects
 

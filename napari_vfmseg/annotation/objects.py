@@ -12,12 +12,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from napari_vfmseg.io.atomic import write_text_atomic
 
 __all__ = ["ObjectRecord", "ObjectTable", "colour_for", "PALETTE"]
 
@@ -185,27 +186,12 @@ class ObjectTable:
         return json.dumps(document, indent=2)
 
     def write_csv(self, path: os.PathLike | str) -> Path:
-        return _write_text_atomic(Path(path), self.to_csv())
+        """Write :meth:`to_csv` to ``path`` atomically (its folder must exist)."""
+        return write_text_atomic(path, self.to_csv(), make_parents=False)
 
     def write_json(self, path: os.PathLike | str, extra: Optional[dict] = None) -> Path:
-        return _write_text_atomic(Path(path), self.to_json(extra))
+        """Write :meth:`to_json` to ``path`` atomically (its folder must exist)."""
+        return write_text_atomic(path, self.to_json(extra), make_parents=False)
 
     def __repr__(self) -> str:
         return f"ObjectTable({[asdict(r) for r in self.records()]})"
-
-
-def _write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    folder = path.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
