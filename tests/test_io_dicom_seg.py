@@ -166,3 +166,14 @@ def test_widget_export_function_writes_seg_or_label_file(tmp_path):
     np.testing.assert_allclose(read_volume(nifti).affine, source.affine, atol=1e-5)
     with pytest.raises(LabelWriteError, match="cannot write a DICOM-SEG"):
         export_labels(tmp_path / "x.dcm", labels, {}, geometry)
+
+
+def test_write_labels_with_a_dcm_name_writes_a_seg(tmp_path):
+    folder, _, _ = clean_series(tmp_path / "ct")
+    source = _read(folder)
+    out = write_labels(tmp_path / "labels.dcm", _labels(source.spatial_shape), like=source)
+    back, _ = read_segmentation(out, source=source)
+    np.testing.assert_array_equal(back.array, _labels(source.spatial_shape))
+    write_labels(tmp_path / "ct.nii.gz", np.zeros((2, 2, 2), np.uint8))
+    with pytest.raises(VolumeReadError, match="ct.nii.gz: a series UID picks one series of a DICOM folder"):
+        read_volume(tmp_path / "ct.nii.gz", series="1.2.3")

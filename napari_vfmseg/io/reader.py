@@ -91,6 +91,8 @@ def read_volume(path: str | os.PathLike, series_uid: Optional[str] = None, *, se
         raise VolumeNotFoundError(f"{p}: no such file or folder")
     if p.is_dir():
         volume = _read_dicom_folder(p, chosen_uid)
+    elif chosen_uid is not None:
+        raise VolumeReadError(f"{p}: a series UID picks one series of a DICOM folder; this is a file")
     else:
         volume = _read_file(p)
     _report_orientation(volume)

@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from napari_vfmseg.io.errors import LabelWriteError
-from napari_vfmseg.io.formats import LABEL_SUFFIXES, path_extension
+from napari_vfmseg.io.formats import DICOM_SUFFIXES, LABEL_SUFFIXES, path_extension
 from napari_vfmseg.io.volume import Volume
 
 __all__ = ["write_labels", "label_dtype", "checked_labels", "SUPPORTED_LABEL_EXTENSIONS"]
@@ -53,8 +53,9 @@ def write_labels(
     """Write ``labels`` to ``path`` with the geometry of ``like`` (or the explicit geometry given).
 
     Args:
-        path: destination ending in one of :data:`SUPPORTED_LABEL_EXTENSIONS`. An existing file
-            is replaced only once the new one is completely written.
+        path: destination ending in one of :data:`SUPPORTED_LABEL_EXTENSIONS`, or ``.dcm`` when
+            ``like`` was read from a DICOM series (a DICOM-SEG, see :func:`.dicom_seg.write_dicom_seg`).
+            An existing file is replaced only once the new one is completely written.
         labels: (plane, row, col) or (row, col) array of non-negative integers (bool allowed).
             Its shape must equal ``like.spatial_shape``.
         like: the image the labels belong to; its spacing, origin and direction are copied exactly.
@@ -70,10 +71,14 @@ def write_labels(
     """
     out = Path(path)
     ext = path_extension(out)
+    if ext in DICOM_SUFFIXES and like is not None and like.metadata.get("format") == "DICOM":
+        from napari_vfmseg.io.dicom_seg import write_dicom_seg
+
+        return write_dicom_seg(out, labels, like)
     if ext not in SUPPORTED_LABEL_EXTENSIONS:
         raise LabelWriteError(
             f"{out}: cannot write labels as {ext or '(no extension)'!r}; supported are "
-            f"{', '.join(SUPPORTED_LABEL_EXTENSIONS)}"
+            f"{', '.join(SUPPORTED_LABEL_EXTENSIONS)}, and .dcm (DICOM-SEG) for a scan read from a DICOM series"
         )
     values = checked_labels(np.asarray(labels), out)
     geometry = _geometry(values, like, spacing, origin, direction, out)
