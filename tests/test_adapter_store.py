@@ -156,3 +156,53 @@ def test_bad_index_files_are_named_in_the_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(AdapterStoreError, match="not a folder"):
         AdapterStore(tmp_path / "file")
+
+
+def test_swap_puts_the_previous_adapter_back_when_the_new_one_fails(tmp_path, model):
+    store = AdapterStore(tmp_path)
+    base = model.sam.state_dict()[TENSOR].clone()
+    store.add(*_adapter(model, 0.25))
+    store.add(*_adapter(model, -0.5, mode="encoder-lora"), parent="v001")
+    store.add(*_adapter(model, 0.9))
+    try:
+        assert store.swap(model, "v001") is False                      # decoder only: embeddings stay valid
+        assert torch.all(model.sam.state_dict()[TENSOR] == 0.25)
+        assert store.swap(model, "v002") is True                       # the new one changes the encoder
+        assert store.swap(model, "v001") is True                       # ... and so did the old one
+        (tmp_path / store.get("v003").file).write_bytes(b"not a safetensors file")
+        with pytest.raises(AdapterError):
+            store.swap(model, "v003")
+        assert active_adapter(model).fingerprint == store.get("v001").adapter_fingerprint   # exactly as before
+        assert torch.all(model.sam.state_dict()[TENSOR] == 0.25)
+        other = tiny_loaded_model(seed=4)
+        with pytest.raises(AdapterError, match=other.fingerprint):     # a foreign adapter: still the base model
+            store.swap(other, "v001")
+        assert active_adapter(other) is None
+        assert store.swap(model, None) is False and active_adapter(model) is None
+        assert torch.equal(model.sam.state_dict()[TENSOR], base)
+    finally:
+        store.apply(model, None)
+
+
+def test_concurrent_activations_and_adds_keep_every_index_update(tmp_path, model):
+    import threading
+
+    stores = [AdapterStore(tmp_path), AdapterStore(tmp_path)]          # two objects, one project folder
+    stores[0].add(*_adapter(model, 0.1))
+    fp = model.fingerprint
+    errors = []
+
+    def flip(store, rounds=15):
+        try:
+            for i in range(rounds):
+                store.activate("v001" if i % 2 else None, fp)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=flip, args=(stores[i % 2],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(stores[1].history()) == 4 * 15                          # no read-modify-write lost an event

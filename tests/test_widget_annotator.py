@@ -17,12 +17,19 @@ from napari_vfmseg._layer_geometry import GEOMETRY_KEY
 from napari_vfmseg.engine import Segmenter
 from napari_vfmseg.io import read_volume
 from napari_vfmseg.widgets.annotator import AnnotatorWidget
-from napari_vfmseg.widgets.objects import colour_for
-from napari_vfmseg.widgets.planes import Plane
+from napari_vfmseg.annotation.objects import colour_for
+from napari_vfmseg.annotation.planes import Plane
 
 SCALE = (3.0, 0.8, 0.9)
 TRANSLATE = (5.0, -2.0, 1.0)
 TIMEOUT = 10_000
+
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path, monkeypatch):
+    """Autosaves (and anything else under the napari-vfmseg home) go to a temporary folder."""
+    monkeypatch.setenv("VFMSEG_HOME", str(tmp_path / "vfmseg-home"))
 
 
 @pytest.fixture(scope="module")
@@ -371,7 +378,7 @@ def test_2d_grey_and_rgb_images(make_napari_viewer, qtbot, model, rgb):
 def test_bad_inputs_give_notifications_and_a_usable_viewer(annotator, qtbot, tmp_path, monkeypatch):
     import torch
 
-    from napari_vfmseg.widgets.model_choice import ModelSource
+    from napari_vfmseg.annotation.model_choice import ModelSource
 
     viewer, widget = annotator
     # a point outside the image is ignored with a warning

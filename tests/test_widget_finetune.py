@@ -21,7 +21,7 @@ from napari_vfmseg.training.adapter_store import AdapterStore
 from napari_vfmseg.training.adapters import AdapterInfo, active_adapter
 from napari_vfmseg.training.rounds import RoundConfig, gather_examples, run_round
 from napari_vfmseg.widgets.annotator import AnnotatorWidget
-from napari_vfmseg.widgets.planes import Plane
+from napari_vfmseg.annotation.planes import Plane
 
 TIMEOUT = 10_000
 ROUND_TIMEOUT = 60_000
@@ -31,6 +31,13 @@ BOX = (20.0, 14.0, 50.0, 46.0)   # a prompt for comparing predictions (object 1 
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path, monkeypatch):
+    """Autosaves (and anything else under the napari-vfmseg home) go to a temporary folder."""
+    monkeypatch.setenv("VFMSEG_HOME", str(tmp_path / "vfmseg-home"))
 
 
 class SwitchableOracle(Segmenter):

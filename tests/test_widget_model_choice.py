@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from _tiny_models import build_tiny_sam
 from napari_vfmseg.models import ModelSpec, register_model, unregister_model, weights_dir
-from napari_vfmseg.widgets.model_choice import NO_MODEL_HELP, ModelSource, load_engine
+from napari_vfmseg.annotation.model_choice import NO_MODEL_HELP, ModelSource, load_engine
 
 
 @pytest.fixture

@@ -15,10 +15,17 @@ from napari_vfmseg._layer_geometry import GEOMETRY_KEY
 from napari_vfmseg.engine import Prediction, Segmenter
 from napari_vfmseg.io import read_volume
 from napari_vfmseg.widgets.annotator import AnnotatorWidget
-from napari_vfmseg.widgets.planes import plane_axes
-from napari_vfmseg.widgets.prompts import clip_box
+from napari_vfmseg.annotation.planes import plane_axes
+from napari_vfmseg.annotation.prompts import clip_box
 
 TIMEOUT = 10_000
+
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path, monkeypatch):
+    """Autosaves (and anything else under the napari-vfmseg home) go to a temporary folder."""
+    monkeypatch.setenv("VFMSEG_HOME", str(tmp_path / "vfmseg-home"))
 
 
 class OracleSegmenter(Segmenter):

@@ -17,14 +17,21 @@ from _tiny_models import tiny_loaded_model
 from test_widget_oracle import OracleSegmenter, ground_truth_box
 from napari_vfmseg._layer_geometry import GEOMETRY_KEY
 from napari_vfmseg.widgets.annotator import AnnotatorWidget
-from napari_vfmseg.widgets.planes import Plane
-from napari_vfmseg.widgets.prompts import PlanePrompts
-from napari_vfmseg.widgets.session import AnnotationSession
+from napari_vfmseg.annotation.planes import Plane
+from napari_vfmseg.annotation.prompts import PlanePrompts
+from napari_vfmseg.annotation.session import AnnotationSession
 
 TIMEOUT = 10_000
 SPACING = (2.5, 0.8, 0.9)
 SEED = 6
 RADII = {3: 4, 4: 7, 5: 9, 6: 10, 7: 10, 8: 9, 9: 7, 10: 4}   # plane → radius (px): the object spans planes 3–10
+
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path, monkeypatch):
+    """Autosaves (and anything else under the napari-vfmseg home) go to a temporary folder."""
+    monkeypatch.setenv("VFMSEG_HOME", str(tmp_path / "vfmseg-home"))
 
 
 def _capsule(planes: int = 14, size: int = 40):

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from napari_vfmseg.io import read_volume
-from napari_vfmseg.widgets.history import EditHistory, LabelEdit
-from napari_vfmseg.widgets.objects import ObjectTable, colour_for
-from napari_vfmseg.widgets.planes import Plane, intersection_line, plane_axes, plane_region
-from napari_vfmseg.widgets.prompts import PlanePrompts, clip_box, point_inside
-from napari_vfmseg.widgets.session import AnnotationSession, object_table_paths
+from napari_vfmseg.annotation.history import EditHistory, LabelEdit
+from napari_vfmseg.annotation.objects import ObjectTable, colour_for
+from napari_vfmseg.annotation.planes import Plane, intersection_line, plane_axes, plane_region
+from napari_vfmseg.annotation.prompts import PlanePrompts, clip_box, point_inside
+from napari_vfmseg.annotation.session import AnnotationSession, object_table_paths
 
 GEOMETRY = {"spacing": (2.0, 0.5, 0.8), "origin": (10.0, -5.0, 3.0), "direction": np.eye(3)}
 
@@ -276,7 +276,7 @@ def test_2d_tables_use_square_millimetres_and_bad_targets_are_refused():
 
 def test_default_model_policy(monkeypatch):
     from napari_vfmseg.models import registry
-    from napari_vfmseg.widgets import model_choice
+    from napari_vfmseg.annotation import model_choice
 
     def fake(records):
         monkeypatch.setattr(registry, "list_models", lambda: [{"name": n, "present": p} for n, p in records])

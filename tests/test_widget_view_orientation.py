@@ -7,7 +7,14 @@ import pytest
 
 from napari_vfmseg._layer_geometry import GEOMETRY_KEY
 from napari_vfmseg.widgets.annotator import AnnotatorWidget
-from napari_vfmseg.widgets.view_orientation import is_scan_layer, vertical_direction
+from napari_vfmseg._view_orientation import is_scan_layer, vertical_direction
+
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path, monkeypatch):
+    """Autosaves (and anything else under the napari-vfmseg home) go to a temporary folder."""
+    monkeypatch.setenv("VFMSEG_HOME", str(tmp_path / "vfmseg-home"))
 
 
 def test_only_a_vertical_world_z_of_a_3d_scan_points_up():
