@@ -314,8 +314,10 @@ class Segmenter:
 
     def close(self, timeout: Optional[float] = 30.0) -> bool:
         """Cancel background work, wait for it to stop and for the disk cache writes to finish, at
-        most ``timeout`` seconds for the writes (None: no limit). Returns False, with a warning, when
-        writes were left unfinished (a dead or stuck writer thread can never make ``close`` hang)."""
+        most ``timeout`` seconds for the writes (None: no limit), then free the memory cache and the
+        decoder's per-image tensors. Returns False, with a warning, when writes were left unfinished
+        (a dead or stuck writer thread can never make ``close`` hang). A closed segmenter still
+        works; it reads or computes embeddings again."""
         with self._lock:
             handle = self._prefetch
         if handle is not None:
@@ -326,6 +328,7 @@ class Segmenter:
             warnings.warn(f"closing the segmenter with embedding cache writes unfinished after {timeout} s; "
                           "those entries are not on disk and will be computed again", stacklevel=2)
         self._decoder.clear()
+        self.memory.clear()
         return finished
 
     # ------------------------------------------------------------------------------------ prediction
