@@ -111,7 +111,8 @@ def geometry_from_layer(metadata: dict, scale, translate, ndim: int, *, rotate=N
     linear = matrix[:ndim, :ndim]
     spacing = np.linalg.norm(linear, axis=0)
     if not np.all(spacing > 0):
-        raise LabelWriteError(f"{where}: the layer's transform collapses an axis (scale {np.round(spacing, 6).tolist()})")
+        scales = np.round(spacing, 6).tolist()
+        raise LabelWriteError(f"{where}: the layer's transform collapses an axis (scale {scales})")
     direction = linear / spacing
     cosines = direction.T @ direction - np.eye(ndim)
     if np.max(np.abs(cosines)) > _ORTHOGONAL_TOL:

@@ -49,7 +49,7 @@ def move(path: Path, offset_lps) -> None:
 
 
 def duplicate(path: Path, name: str, new_instance: bool) -> Path:
-    """Copy ``path`` to ``name`` beside it; with ``new_instance`` it becomes a different image (new SOP UID, pixels +1)."""
+    """Copy ``path`` to ``name`` beside it; with ``new_instance`` a different image (new SOP UID, pixels + 1)."""
     target = path.with_name(name)
     shutil.copy(path, target)
     if new_instance:

@@ -66,7 +66,7 @@ def _source_datasets(like: Volume, out: Path) -> tuple[list, list[int]]:
         if name is None:
             continue
         try:
-            datasets.append(pydicom.dcmread(name))
+            datasets.append(pydicom.dcmread(name, stop_before_pixels=True))  # highdicom needs headers only
         except (OSError, ValueError) as exc:
             raise LabelWriteError(f"{out}: cannot read the source slice {name} ({exc})") from exc
         planes.append(plane)
@@ -193,10 +193,12 @@ def _holds_series(folder: Path, series_uid: str) -> bool:
         if entry.name.startswith(".") or not looks_like_dicom_file(entry):
             continue
         try:
-            ds = pydicom.dcmread(str(entry), stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "SOPClassUID"])
+            ds = pydicom.dcmread(str(entry), stop_before_pixels=True,
+                                 specific_tags=["SeriesInstanceUID", "SOPClassUID"])
         except Exception:  # unreadable files are not the source; the reader reports them if chosen
             continue
-        if str(ds.get("SeriesInstanceUID", "")) == series_uid and str(ds.get("SOPClassUID", "")) != SEGMENTATION_SOP_CLASS:
+        is_image = str(ds.get("SOPClassUID", "")) != SEGMENTATION_SOP_CLASS
+        if is_image and str(ds.get("SeriesInstanceUID", "")) == series_uid:
             return True
     return False
 
