@@ -36,10 +36,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--embed-steps", type=int, default=300, help="embedding stage steps (default 300)")
     parser.add_argument("--mask-steps", type=int, default=150, help="mask stage steps (default 150)")
     parser.add_argument("--label-steps", type=int, default=60, help="final round steps with --labels (default 60)")
-    parser.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
+    parser.add_argument("--batch", type=int, default=8, help="images per embedding step (default 8)")
     parser.add_argument("--max-images", type=int, default=480, help="transfer set size at most (default 480)")
-    parser.add_argument("--synthetic", type=float, default=0.25,
-                        help="synthetic slices as a share of the real planes (default 0.25; 0: none)")
+    parser.add_argument("--synthetic", type=float, default=0.15,
+                        help="synthetic slices as a share of the real planes (default 0.15; 0: none)")
     parser.add_argument("--window", default="auto",
                         help="intensity window: auto, percentile, a CT preset or LEVEL,WIDTH")
     parser.add_argument("--timing-repeats", type=int, default=10,

@@ -24,8 +24,9 @@ class DistillConfig:
     embed_steps: int = 300              # stage 1
     mask_steps: int = 150               # stage 2
     label_steps: int = 60               # final round on labelled planes (when given)
-    batch: int = 8                      # images per step
-    prompts_per_image: int = 4          # objects prompted per image in stage 2
+    batch: int = 8                      # images per step in stage 1
+    mask_batch: int = 4                 # images per step in stage 2 (the mask decoder dominates its cost)
+    prompts_per_image: int = 2          # objects prompted per image in stage 2
     embed_lr: float = 2e-3
     mask_lr: float = 5e-4               # encoder in stage 2; the decoder gets a tenth of it
     label_lr: float = 1e-4
@@ -34,14 +35,14 @@ class DistillConfig:
     axes: tuple[int, ...] = (0, 1, 2)   # planes of every volume along these axes
     max_transfer_images: int = 480      # planes (plus synthetic slices) kept, spread evenly
     augment_fraction: float = 0.5       # transfer planes drawn augmented (flips, intensity, zoom)
-    synthetic_fraction: float = 0.25    # synthetic slices added, as a share of the planes
-    objects_per_image: int = 4          # pseudo-objects found by the teacher on unlabelled planes
+    synthetic_fraction: float = 0.15    # synthetic slices added, as a share of the planes
+    objects_per_image: int = 2          # pseudo-objects found by the teacher on unlabelled planes
     min_pixels: int = 20
     checkpoint_every: int = 50          # steps between resume checkpoints (0: only at stage ends)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch", "prompts_per_image", "max_transfer_images", "objects_per_image"):
+        for name in ("batch", "mask_batch", "prompts_per_image", "max_transfer_images", "objects_per_image"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("embed_steps", "mask_steps", "label_steps", "checkpoint_every"):

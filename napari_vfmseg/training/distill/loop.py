@@ -92,9 +92,9 @@ class Distiller:
     def _rng(self, stage: str, step: int) -> np.random.Generator:
         return np.random.default_rng([self.config.seed, _STAGE_SEED[stage], step])
 
-    def _batch(self, rng: np.random.Generator) -> list[int]:
+    def _batch(self, rng: np.random.Generator, size: int) -> list[int]:
         n = len(self.targets)
-        return sorted(rng.choice(n, size=min(self.config.batch, n), replace=False).tolist())
+        return sorted(rng.choice(n, size=min(size, n), replace=False).tolist())
 
     # ---- stages -------------------------------------------------------------------------------------
 
@@ -134,7 +134,7 @@ class Distiller:
                 for group, base in zip(optimiser.param_groups, bases):
                     group["lr"] = base * max(factor, 0.02)
                 rng = self._rng(stage, step)
-                indices = self._batch(rng)
+                indices = self._batch(rng, cfg.batch if stage == "embed" else cfg.mask_batch)
                 s_emb = student_embeddings(self.student, self.targets, indices)
                 t_emb = teacher_embeddings(self.targets, indices, self.student.device)
                 loss = embedding_loss(s_emb, t_emb)

@@ -5,7 +5,7 @@
 - :func:`embedding_error`: mean squared error between the student's embeddings and the teacher's on
   the student's grid, over (at most 32) transfer images.
 - :func:`agreement`: mean Dice between the student's and the teacher's masks for a box around each
-  object of (at most 32) transfer images.
+  object of (at most 16) transfer images.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def embedding_error(student, targets: TargetSet, limit: int = 32) -> dict:
 
 
 @torch.no_grad()
-def agreement(student, teacher, targets: TargetSet, limit: int = 32) -> dict:
+def agreement(student, teacher, targets: TargetSet, limit: int = 16) -> dict:
     """``box_agreement_dice``: student vs teacher masks (student frame) for tight boxes on the objects."""
     from torch.nn import functional as F
 
