@@ -102,8 +102,9 @@ def annotated(make_napari_viewer, qtbot, tmp_path):
     panel.guard_sample = None
     assert panel.set_project(tmp_path / "project")
     fast = panel.round_config
+    # held-out validation (what these tests check), not the leave-one-plane-out that few planes get by default
     panel.round_config = lambda: replace(fast(), lr=1e-2, images_per_step=2, prompts_per_image=2,
-                                         correction_clicks=1, val_every=5)
+                                         correction_clicks=1, val_every=5, validation="held_out", schedule="constant")
     yield widget, panel, segmenter, model, truth
     widget.shutdown()
 
@@ -208,7 +209,7 @@ def test_cancel_failure_and_a_bad_adapter_leave_the_previous_adapter_in_use(anno
     corrected[CORRECTED] = truth[CORRECTED]
     pairs = gather_examples(np.asarray(widget.image_layer.data), corrected, modality="MR")
     first = run_round(model, pairs, store, RoundConfig(steps=30, lr=1e-2, images_per_step=2, prompts_per_image=2,
-                                                       correction_clicks=1))
+                                                       correction_clicks=1, validation="held_out", schedule="constant"))
     assert first.version.name == "v001"
     _activate(panel, qtbot, widget, lambda: panel.activate("v001"))
     in_use = active_adapter(model).fingerprint

@@ -123,10 +123,13 @@ class AdapterSwitch:
         self.status_label.setText(f"switching to {name or 'the base model'} …")
 
         def prepare():
+            running = engine.stop_prefetch()
             engine.detach()   # no prediction, prefetch or propagation may start until the switch is done
 
             def job():
-                segmenter.close()                  # background embedding finished, joined
+                if running is not None:
+                    running.join()                 # the plane being encoded is done before the weights change
+                segmenter.cancel()
                 return store.swap(model, name)     # a failure puts the previous adapter back
 
             return job

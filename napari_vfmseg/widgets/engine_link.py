@@ -248,13 +248,17 @@ class EngineLink(QObject):
         if not in_flight:
             self.start_prefetch(plane)
 
-    def stop_prefetch(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
+    def stop_prefetch(self):
+        """Cancel background embedding; returns the engine's prefetch handle that was running (its
+        ``join()`` waits for the plane being encoded), or None."""
+        handle = self._handle
+        if handle is not None:
+            handle.cancel()
         if self._watcher is not None:
             self._watcher.quit()
         self._handle = None
         self._watcher = None
+        return handle
 
     # ------------------------------------------------------------------ predictions
 
