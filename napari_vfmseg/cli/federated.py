@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -249,6 +250,8 @@ def run_site(args: argparse.Namespace) -> int:
         root_certificates=Path(args.root_certificates) if args.root_certificates else None,
         auth_private_key=Path(args.auth_private_key) if args.auth_private_key else None,
         threads=args.threads, foreground=True)
+    # Stopping this process (SIGTERM by its id, or Ctrl-C) stops the SuperNode with it.
+    signal.signal(signal.SIGTERM, lambda *_: process.terminate())
     try:
         return int(process.wait())
     except KeyboardInterrupt:
