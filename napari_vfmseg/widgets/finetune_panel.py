@@ -44,6 +44,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_vfmseg.widgets.adapter_switch import AdapterSwitch, dice_pair
+from napari_vfmseg.widgets.auto_adapt import AutoAdapt
 from napari_vfmseg.widgets.finetune_sources import AnnotatedSource, annotated_sources
 from napari_vfmseg.widgets.loss_plot import LossPlot
 from napari_vfmseg.widgets.notify import notify as _notify
@@ -146,7 +147,7 @@ class FinetunePanel(AdapterSwitch, QWidget):
         layout.addWidget(self.counts_label)
         self.start_button = QPushButton("Start")
         self.start_button.setToolTip("train a new adapter version on the committed objects (on a copy of the model)")
-        self.start_button.clicked.connect(self.start)
+        self.start_button.clicked.connect(lambda: self.start())
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
         layout.addLayout(_row(self.start_button, self.cancel_button))
@@ -186,6 +187,8 @@ class FinetunePanel(AdapterSwitch, QWidget):
         self._count_timer.setInterval(250)
         self._count_timer.timeout.connect(self.refresh)
         annotator.objects_changed.connect(self._count_timer.start)
+        self.auto = AutoAdapt(self)
+        layout.insertLayout(layout.indexOf(self.counts_label) + 1, self.auto.layout())
         annotator.model_changed.connect(self._on_model_changed)
         annotator.state_changed.connect(self._update_controls)
         annotator.engine.progress.connect(self._on_embed_progress)
@@ -320,14 +323,14 @@ class FinetunePanel(AdapterSwitch, QWidget):
         return RoundConfig(mode=self.mode_combo.currentData(), rank=int(self.rank_spin.value()),
                            steps=int(self.steps_spin.value()))
 
-    def start(self) -> bool:
-        """Start a round in the background (the Start button). False, with a notification, when it cannot."""
+    def start(self, config=None) -> bool:
+        """Start a round (``config``: default the controls') in the background. False, with a notification, when it cannot."""
         self.refresh()
         reason = self.unavailable_reason()
         if reason is not None:
             _notify("info", f"cannot fine-tune now: {reason}")
             return False
-        config = self.round_config()
+        config = config or self.round_config()
         sources = self.sources()
         folder = self.pairs_edit.text().strip() or None
         model, store, guard_sample = self._model(), self.store, self.guard_sample
