@@ -136,6 +136,16 @@ def make_client_app(sites: Optional[Sequence[SiteSpec]] = None, threads: int = 0
     return app
 
 
+def _test_measure(model, planes) -> Callable[[dict[str, np.ndarray]], dict]:
+    """Dice of the server's model with the given adapter tensors on the test planes."""
+
+    def measure(tensors: dict[str, np.ndarray]) -> dict:
+        set_tensors(model, tensors)
+        return evaluate_planes(model, planes)
+
+    return measure
+
+
 def run_server(grid: Grid, settings: ServerSettings) -> RunRecord:
     """The server's whole run: base model with shared LoRA, the rounds, the adapter and report files."""
     config = settings.config
@@ -147,13 +157,8 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunRecord:
     evaluate_test: Optional[Callable[[dict[str, np.ndarray]], dict]] = None
     if settings.test:
         image, labels = parse_pair(settings.test)
-        planes = frame_planes(model, read_labelled_planes(image, labels, min_pixels=config.min_pixels),
-                              config.min_pixels)
-
-        def evaluate_test(tensors: dict[str, np.ndarray]) -> dict:
-            set_tensors(model, tensors)
-            return evaluate_planes(model, planes)
-
+        evaluate_test = _test_measure(model, frame_planes(
+            model, read_labelled_planes(image, labels, min_pixels=config.min_pixels), config.min_pixels))
         record.base_test = evaluate_test(initial)
     record.write(report_path(settings.out))
     strategy = LoRAStrategy(config, model, names, settings.out, evaluate_test, record)
