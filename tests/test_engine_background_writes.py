@@ -156,7 +156,7 @@ def test_queued_writes_land_before_the_process_exits(tmp_path, close):
     if close:
         assert printed[1] == "0"
     assert len(list((tmp_path / "embeddings-v1").glob("*/*.zarr"))) == 3
-    assert not list((tmp_path / "embeddings-v1").glob("*/.tmp-*"))
+    assert not list((tmp_path / "embeddings-v1").glob("*/.*"))  # no temporary left behind
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() exists on POSIX only")

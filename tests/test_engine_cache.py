@@ -77,7 +77,7 @@ def test_disk_entry_round_trip_is_float16_with_sizes(tmp_path):
     assert loaded.features.dtype == torch.float32
     torch.testing.assert_close(loaded.features, features.half().float(), rtol=0, atol=0)
     assert 0 < size < 8 * 16 * 16 * 2 + 4096  # float16 data plus small metadata
-    leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temporary left behind
     assert leftovers == []
     assert cache.get("cd" * 32) is None
 

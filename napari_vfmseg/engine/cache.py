@@ -26,9 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import threading
-import uuid
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ import torch
 
 from napari_vfmseg.engine import cache_folder
 from napari_vfmseg.engine.background_writes import BackgroundWriter
+from napari_vfmseg.io.atomic import atomic_path
 
 __all__ = [
     "Embedding",
@@ -292,7 +291,8 @@ class DiskCache:
         return Embedding(features, original_size, input_size), False  # type: ignore[arg-type]
 
     def put(self, key: str, embedding: Embedding) -> int:
-        """Write ``embedding`` as float16 atomically (temporary folder + rename). Returns bytes on disk."""
+        """Write ``embedding`` as float16 atomically (a temporary folder beside it, renamed into place
+        by :func:`~napari_vfmseg.io.atomic.atomic_path`). Returns bytes on disk."""
         import zarr
         from zarr.codecs import ZstdCodec
 
@@ -301,8 +301,6 @@ class DiskCache:
             scan = self._scans.pop(key, None)
         if final.is_dir():
             return self.entry_bytes(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        temporary = final.parent / f".tmp-{key[:16]}-{uuid.uuid4().hex}"
         data = np.ascontiguousarray(embedding.features.detach().to("cpu", torch.float16).numpy())
         attrs = {
             "format": CACHE_FORMAT,
@@ -314,17 +312,13 @@ class DiskCache:
             "scan": scan() if scan is not None else None,
         }
         try:
-            # attributes and data in one go each: every separate attribute update rewrites the metadata
-            group = zarr.open_group(str(temporary), mode="w", attributes=attrs)
-            group.create_array("features", data=data, chunks=data.shape, compressors=[ZstdCodec(level=1)])
-            try:
-                os.replace(temporary, final)
-            except OSError:
-                if not final.is_dir():  # not a lost race with another writer of the same key
-                    raise
-        finally:
-            if temporary.exists():
-                shutil.rmtree(temporary, ignore_errors=True)
+            with atomic_path(final, folder=True) as temporary:
+                # attributes and data in one go each: every separate attribute update rewrites the metadata
+                group = zarr.open_group(str(temporary), mode="w", attributes=attrs)
+                group.create_array("features", data=data, chunks=data.shape, compressors=[ZstdCodec(level=1)])
+        except OSError:
+            if not final.is_dir():  # not a lost race with another writer of the same key
+                raise
         written = self.entry_bytes(key)
         self._keep_within_limit(key, written)
         return written

@@ -184,7 +184,7 @@ def purge(root: PathLike, scan: Optional[str] = None) -> tuple[int, int]:
         found = [entry for entry in found if entry.scan() == scan]
     result = _remove(found)
     if scan is None:
-        for leftover in (Path(root).expanduser() / SUBDIR).glob("*/.tmp-*"):  # interrupted writes
+        for leftover in (Path(root).expanduser() / SUBDIR).glob("*/.*"):  # interrupted writes and removals
             shutil.rmtree(leftover, ignore_errors=True)
     return result
 
