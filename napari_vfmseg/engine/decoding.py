@@ -49,7 +49,8 @@ class Prediction:
 class PromptDecoder:
     """Runs SAM's prompt encoder and mask decoder; with ``fast=True`` through
     :class:`~napari_vfmseg.engine.acceleration.FastDecoder`, which keeps per-image tensors for the
-    last ``contexts`` images (so every further click on an image reuses them)."""
+    last ``contexts`` images (so every further click on an image reuses them). ``_lock`` guards
+    those contexts and the fast decoder's lazily filled tensors: one fast decode runs at a time."""
 
     def __init__(self, sam, device: torch.device, fast: bool = True, contexts: int = 4) -> None:
         self.sam, self.device = sam, device
@@ -73,15 +74,15 @@ class PromptDecoder:
         return torch.as_tensor(array, device=self.device)[None, None]
 
     def _context(self, key: str, embedding: Embedding) -> DecoderContext:
-        with self._lock:
-            previous = self._contexts.get(key)
-            if previous is None:
-                previous = DecoderContext(embedding=embedding.features.to(self.device)[None])
-            context = self._fast.context(previous.embedding, previous)
-            self._contexts[key] = context
-            self._contexts.move_to_end(key)
-            while len(self._contexts) > self._max_contexts:
-                self._contexts.popitem(last=False)
+        """The per-image context of ``key`` (call with ``_lock`` held)."""
+        previous = self._contexts.get(key)
+        if previous is None:
+            previous = DecoderContext(embedding=embedding.features.to(self.device)[None])
+        context = self._fast.context(previous.embedding, previous)
+        self._contexts[key] = context
+        self._contexts.move_to_end(key)
+        while len(self._contexts) > self._max_contexts:
+            self._contexts.popitem(last=False)
         return context
 
     def clear(self) -> None:
@@ -108,8 +109,9 @@ class PromptDecoder:
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=mask_tensor)
         outputs = [i for i in outputs if i < self.sam.mask_decoder.num_mask_tokens]
         if self._fast is not None and self._fast.usable:
-            context = self._context(key, embedding)
-            low_res, iou = self._fast(context, sparse, dense if mask_tensor is not None else None, outputs)
+            with self._lock:  # the context's tensors and the decoder's caches are filled lazily
+                context = self._context(key, embedding)
+                low_res, iou = self._fast(context, sparse, dense if mask_tensor is not None else None, outputs)
             return low_res, iou[:, outputs]
         features = embedding.features.to(device)[None]
         parts = [

@@ -17,13 +17,15 @@ Threads and locks — the one list for the whole engine:
   and need no lock); ``BackgroundWriter._cond`` its queue and the writer thread's handle.
 - ``Segmenter._lock`` guards what the segmenter is set to: the 2D image item, the volume (and the
   plane items it remembers), the current plane and the prefetch handle.
-  ``PromptDecoder._lock`` guards its per-image decoder contexts.
+  ``PromptDecoder._lock`` guards its per-image decoder contexts and the fast decoder's lazily
+  filled tensors (positional encoding, first-block projections): one fast decode at a time.
 - A :class:`~napari_vfmseg.engine.prefetch.PrefetchHandle`'s ``done`` and ``error`` are written by
   its worker thread only; ``cancel`` is a ``threading.Event``.
 
 Locks are leaves: code holding one takes no other, except that ``_encoder_lock`` is held while
-``_lock`` is taken to count the pass, and ``Segmenter._lock`` while a cache's own lock answers a
-lookup. The order is therefore fixed and no cycle is possible.
+``_lock`` is taken to count the pass, and ``_lock`` while the memory cache's lock answers a lookup.
+The order is therefore fixed (encoder lock, provider lock, memory cache lock) and no cycle is
+possible. No engine attribute is written from more than one thread without its lock.
 """
 
 from __future__ import annotations
