@@ -30,7 +30,7 @@ class RoundConfig:
     lr: Optional[float] = None          # None: DEFAULT_LR[mode]
     images_per_step: int = 4
     prompts_per_image: int = 4
-    correction_clicks: int = 2
+    correction_clicks: int = 1
     held_out_fraction: float = 0.25     # of the new planes, in whole blocks
     block_size: int = 4                 # neighbouring planes per split block
     guard_planes: int = 1               # training planes this close to a held-out plane are not trained on
@@ -47,7 +47,7 @@ class RoundConfig:
     schedule: str = "cosine"
     validation: str = "auto"            # "auto", "lopo" (leave one plane out) or "held_out" (blocks)
     lopo_folds: int = 3                 # planes left out in turn at most
-    lopo_steps: Optional[int] = None    # steps per fold (None: half of ``steps``)
+    lopo_steps: Optional[int] = None    # steps per fold (None: a third of ``steps``)
     min_gain: float = 0.0               # leave-one-plane-out Dice gain a round must exceed to be kept
 
     def __post_init__(self) -> None:
@@ -76,7 +76,7 @@ class RoundConfig:
 
     @property
     def fold_steps(self) -> int:
-        return int(self.lopo_steps) if self.lopo_steps is not None else max(1, self.steps // 2)
+        return int(self.lopo_steps) if self.lopo_steps is not None else max(1, self.steps // 3)
 
     @property
     def learning_rate(self) -> float:
