@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_SECONDS = 0.32   # calibrate() on a nearly idle 2-core machine
 sys.path.insert(0, str(ROOT))
 
 
@@ -40,6 +41,47 @@ def corrected_planes(labels: np.ndarray, axis: int, count: int = 3) -> list[int]
     first, last = int(filled[0]), int(filled[-1])
     fractions = np.linspace(0.3, 0.7, count) if count > 1 else np.array([0.5])
     return [int(round(first + f * (last - first))) for f in fractions]
+
+
+def simulated_subject(image: np.ndarray, labels: np.ndarray, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A stand-in for another subject of the same kind, derived from ``image``: a smooth random
+    deformation (up to about 3 voxels), a multiplicative bias field (about ±15 %), a gamma change and
+    noise. Labels follow the deformation (nearest neighbour). Not a real second subject."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shape = image.shape
+    grid = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    coords = []
+    for axis in range(3):
+        field = ndimage.gaussian_filter(rng.normal(0, 1, shape).astype(np.float32), 8)
+        field *= 3.0 / (np.abs(field).max() + 1e-6)
+        coords.append(grid[axis] + field)
+    warped = ndimage.map_coordinates(image.astype(np.float32), coords, order=1, mode="nearest")
+    warped_labels = ndimage.map_coordinates(labels, coords, order=0, mode="nearest").astype(labels.dtype)
+    bias = ndimage.gaussian_filter(rng.normal(0, 1, shape).astype(np.float32), 16)
+    bias = 1.0 + 0.15 * bias / (np.abs(bias).max() + 1e-6)
+    scaled = 255.0 * (np.clip(warped, 0, None) / max(float(warped.max()), 1.0)) ** 0.85 * bias
+    noisy = scaled + rng.normal(0, 6.0, shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8), warped_labels
+
+
+def calibrate(threads: int) -> float:
+    """Seconds for a fixed workload: the built-in encoder's forward and backward on 4 planes of 256 px.
+    On the development machine with its 2 cores nearly idle (load 1.8) it took 0.32 s, so
+    ``seconds / REFERENCE_SECONDS`` tells how much slower the machine is right now."""
+    import torch
+
+    from napari_vfmseg.models.builtin import BuiltinConfig, build_builtin_sam
+
+    torch.set_num_threads(threads)
+    encoder = build_builtin_sam(BuiltinConfig()).image_encoder.eval()
+    x = torch.randn(4, 3, 256, 256)
+    encoder(x).sum().backward()
+    started = time.perf_counter()
+    for _ in range(3):
+        encoder(x).sum().backward()
+    return (time.perf_counter() - started) / 3
 
 
 def _table(name: str, scores: dict) -> str:
@@ -63,6 +105,10 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a RoundConfig field (repeatable), e.g. --set steps=60")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--simulated-subject", action="store_true",
+                        help="also score a simulated second subject (deformed, bias field, noise) before and after")
+    parser.add_argument("--propagate", action="store_true",
+                        help="also report 3D Dice of propagation from a box on each object's largest plane")
     args = parser.parse_args(argv)
 
     import torch
@@ -90,10 +136,28 @@ def main(argv=None) -> int:
         config = replace(config, **{key: json.loads(value) if value[:1] in "0123456789-[{tfn" and value not in ("full", "decoder") else value})
 
     model = load_model(args.model, device="cpu")
+    slowdown = max(1.0, calibrate(args.threads) / REFERENCE_SECONDS)
     exclude = {args.axis: planes}
     before = {a: s.summary() for a, s in volume_scores(model, image, labels, spacing, modality=modality, exclude=exclude,
                                                          max_planes=args.max_planes).items()}
+    from napari_vfmseg.training.metrics3d import evaluate_volume_3d
+
+    def propagate3d():
+        if not args.propagate:
+            return None
+        report = evaluate_volume_3d(image, labels, model, axis=args.axis, spacing=spacing, modality=modality,
+                                    objects="label")
+        return {"dice": report["all"]["dice_mean"],
+                "extent_baseline": report["all"]["extent_baseline_dice_mean"]}
+
+    prop_before = propagate3d()
     others = []
+    if args.simulated_subject:
+        from types import SimpleNamespace
+
+        sim_image, sim_labels = simulated_subject(image, labels, seed=args.seed + 1)
+        others.append(("simulated subject", SimpleNamespace(array=sim_image, scale=spacing, modality=modality),
+                       sim_labels))
     for other_volume, other_labels in args.other:
         vol = read_volume(other_volume)
         lab = np.asarray(read_volume(other_labels).array)
@@ -121,21 +185,28 @@ def main(argv=None) -> int:
         apply_adapter_tensors(model, result.tensors, result.info)
     after = {a: s.summary() for a, s in volume_scores(model, image, labels, spacing, modality=modality, exclude=exclude,
                                                         max_planes=args.max_planes).items()}
+    prop_after = propagate3d()
     other_after = [{a: s.summary() for a, s in volume_scores(model, np.asarray(v.array), lab, tuple(v.scale),
                                                                modality=getattr(v, "modality", None),
                                                                max_planes=args.max_planes).items()}
                    for _, v, lab in others]
     del moved_image
     print(f"corrected planes along axis {args.axis}: {planes}; round {seconds:.1f} s "
-          f"(load {load[0]:.2f} → {load_after[0]:.2f}, {args.threads} threads); {result.summary()['notes']}")
+          f"(load {load[0]:.2f} → {load_after[0]:.2f}, {args.threads} threads; this machine {slowdown:.1f} x slower "
+          f"than a quiet 2-core one: about {seconds / slowdown:.0f} s there); {result.summary()['notes']}")
     print(_table("before", before))
     print(_table("after", after))
+    if prop_before is not None:
+        print(f"3D propagation (box on each object's largest plane): Dice {prop_before['dice']:.3f} → "
+              f"{prop_after['dice']:.3f} (extent baseline {prop_before['extent_baseline']:.3f})")
     for (name, _, _), b, a in zip(others, other_before, other_after):
         print(f"other: {name}")
         print(_table("before", b))
         print(_table("after", a))
     print(json.dumps({"config": {f.name: getattr(config, f.name) for f in fields(config)}, "planes": planes,
                       "seconds": round(seconds, 1), "load": [round(load[0], 2), round(load_after[0], 2)],
+                      "slowdown": round(slowdown, 2), "quiet_seconds_estimate": round(seconds / slowdown, 1),
+                      "propagation_3d": {"before": prop_before, "after": prop_after},
                       "round": result.summary(), "before": before, "after": after,
                       "others": [{"volume": n, "before": b, "after": a}
                                  for (n, _, _), b, a in zip(others, other_before, other_after)]}, default=str))
