@@ -8,7 +8,8 @@ events. The work is done by parts it is composed of: :mod:`.annotator_ui` builds
 :class:`~napari_vfmseg.widgets.layer_lifecycle.LayerLifecycle` owns the layers and shortcuts,
 :class:`~napari_vfmseg.widgets.model_actions.ModelActions` the model and the engine's image,
 :class:`~napari_vfmseg.widgets.prompt_actions.PromptActions` and
-:class:`~napari_vfmseg.widgets.object_actions.ObjectActions` what the user does;
+:class:`~napari_vfmseg.widgets.object_actions.ObjectActions` what the user does,
+:class:`~napari_vfmseg.widgets.autosave_actions.AutosaveActions` the autosave and its offer;
 :mod:`.viewer_planes` says which plane is on screen. The state itself is Qt-free:
 :class:`~napari_vfmseg.annotation.session.AnnotationSession` (prompts per plane, preview,
 objects, undo/redo, export); every model call runs through
@@ -41,6 +42,7 @@ from napari_vfmseg.widgets.autosave_actions import AUTOSAVE_DELAY_MS, AutosaveAc
 from napari_vfmseg.widgets.engine_link import EngineLink
 from napari_vfmseg.widgets.layer_lifecycle import LayerLifecycle
 from napari_vfmseg.widgets.model_actions import ModelActions
+from napari_vfmseg.widgets.notify import notify
 from napari_vfmseg.widgets.object_actions import ObjectActions
 from napari_vfmseg.widgets.prompt_actions import IGNORED_CLICK_HINT, PromptActions
 from napari_vfmseg._view_orientation import show_head_up
@@ -196,10 +198,7 @@ class AnnotatorWidget(LayerLifecycle, ModelActions, PromptActions, ObjectActions
     # ================================================================== errors, closing
 
     def _notify(self, level: str, message: str) -> None:
-        from napari.utils import notifications
-
-        show = {"error": notifications.show_error, "warning": notifications.show_warning}.get(level, notifications.show_info)
-        show(message)
+        notify(level, message)
 
     def _report(self, context: str, error: BaseException) -> None:
         """An engine error as one notification; the viewer stays usable."""
