@@ -7,7 +7,7 @@ state of its own.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -15,7 +15,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QPushButton,
     QRadioButton,
@@ -24,7 +23,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_vfmseg.io.windowing import WINDOW_CHOICES  # (label, value); "auto" = None
 from napari_vfmseg.widgets.finetune_panel import FinetunePanel
+from napari_vfmseg.widgets.layout import button, row
 from napari_vfmseg.widgets.model_panel import ModelPanel
 from napari_vfmseg.widgets.objects_panel import ObjectsPanel
 from napari_vfmseg.widgets.propagate_panel import PropagatePanel
@@ -32,17 +33,7 @@ from napari_vfmseg.widgets.propagate_panel import PropagatePanel
 if TYPE_CHECKING:  # pragma: no cover
     from napari_vfmseg.widgets.annotator import AnnotatorWidget
 
-__all__ = ["build_ui", "WINDOW_CHOICES", "SHORTCUTS", "row", "button", "refill"]
-
-# (label shown, value given to the engine); "auto" = None: CT soft tissue, MR percentiles, 8-bit as is
-WINDOW_CHOICES: tuple[tuple[str, Optional[str]], ...] = (
-    ("auto", None),
-    ("soft tissue (40/400)", "soft_tissue"),
-    ("lung (-600/1500)", "lung"),
-    ("bone (400/1800)", "bone"),
-    ("brain (40/80)", "brain"),
-    ("percentile 0.5-99.5", "percentile"),
-)
+__all__ = ["build_ui", "WINDOW_CHOICES", "SHORTCUTS"]
 
 SHORTCUTS = (
     "click: object point · Shift+click or T: background point · Box: drag a rectangle · "
@@ -140,28 +131,3 @@ def build_ui(widget: "AnnotatorWidget") -> None:
     layout.addStretch(1)
     body.setMinimumWidth(380)
     widget._update_buttons()
-
-
-def refill(combo: QComboBox, items: list[tuple[str, object]], current) -> None:
-    """Replace ``combo``'s items without emitting change signals; select the item whose data is ``current``."""
-    combo.blockSignals(True)
-    combo.clear()
-    for text, data in items:
-        combo.addItem(text, data)
-    combo.setCurrentIndex(max(combo.findData(current), 0) if current is not None else 0)
-    combo.blockSignals(False)
-
-
-def row(*widgets: QWidget) -> QHBoxLayout:
-    """The widgets side by side."""
-    layout = QHBoxLayout()
-    for item in widgets:
-        layout.addWidget(item)
-    return layout
-
-
-def button(text: str, action) -> QPushButton:
-    """A push button that calls ``action`` when clicked."""
-    push = QPushButton(text)
-    push.clicked.connect(action)
-    return push

@@ -32,7 +32,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLayout,
     QLineEdit,
@@ -46,6 +45,7 @@ from qtpy.QtWidgets import (
 from napari_vfmseg.widgets.adapter_switch import AdapterSwitch, dice_pair
 from napari_vfmseg.widgets.auto_adapt import AutoAdapt
 from napari_vfmseg.widgets.finetune_sources import AnnotatedSource, annotated_sources
+from napari_vfmseg.widgets.layout import row
 from napari_vfmseg.widgets.loss_plot import LossPlot
 from napari_vfmseg.widgets.notify import notify as _notify
 from napari_vfmseg.widgets.workers import run_in_background
@@ -113,7 +113,7 @@ class FinetunePanel(AdapterSwitch, QWidget):
         self.project_button.setMaximumWidth(32)
         self.project_button.clicked.connect(self._choose_project)
         form = QFormLayout()
-        form.addRow("project", _row(self.project_edit, self.project_button))
+        form.addRow("project", row(self.project_edit, self.project_button))
         self.pairs_edit = QLineEdit()
         self.pairs_edit.setPlaceholderText("optional: folder of image/label pairs")
         self.pairs_edit.setToolTip("images/ + masks/ with matching names, or NAME.png beside NAME_mask.png")
@@ -121,7 +121,7 @@ class FinetunePanel(AdapterSwitch, QWidget):
         self.pairs_button = QPushButton("…")
         self.pairs_button.setMaximumWidth(32)
         self.pairs_button.clicked.connect(self._choose_pairs)
-        form.addRow("also", _row(self.pairs_edit, self.pairs_button))
+        form.addRow("also", row(self.pairs_edit, self.pairs_button))
         self.mode_combo = QComboBox()
         for mode in MODES_SHOWN:
             self.mode_combo.addItem(mode, mode)
@@ -150,7 +150,7 @@ class FinetunePanel(AdapterSwitch, QWidget):
         self.start_button.clicked.connect(lambda: self.start())
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
-        layout.addLayout(_row(self.start_button, self.cancel_button))
+        layout.addLayout(row(self.start_button, self.cancel_button))
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
@@ -175,7 +175,7 @@ class FinetunePanel(AdapterSwitch, QWidget):
         self.activate_button = QPushButton("Activate")
         self.activate_button.setToolTip("use the selected version (or the base model): compare, or roll back")
         self.activate_button.clicked.connect(lambda: self.activate(self.versions_combo.currentData()))
-        layout.addLayout(_row(self.versions_combo, self.activate_button))
+        layout.addLayout(row(self.versions_combo, self.activate_button))
         self.compare_label = QLabel("")
         self.compare_label.setWordWrap(True)
         self.compare_label.setStyleSheet("color: gray;")
@@ -441,10 +441,3 @@ def describe_round(result) -> str:
     if result.version is not None:
         lines.insert(0, f"new version {result.version.name} ({result.config.mode})")
     return "\n".join(lines)
-
-
-def _row(*widgets: QWidget) -> QHBoxLayout:
-    row = QHBoxLayout()
-    for widget in widgets:
-        row.addWidget(widget)
-    return row

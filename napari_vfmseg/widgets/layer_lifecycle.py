@@ -14,7 +14,7 @@ import numpy as np
 
 from napari_vfmseg._layer_geometry import geometry_from_layer
 from napari_vfmseg.annotation.session import AnnotationSession
-from napari_vfmseg.widgets.annotator_ui import refill
+from napari_vfmseg.widgets.layout import refill
 from napari_vfmseg.widgets.labels_colormap import direct_colormap
 from napari_vfmseg.widgets.prompt_layers import (
     PREVIEW_COLOUR,
