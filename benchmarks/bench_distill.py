@@ -130,6 +130,28 @@ def run_variant(name, args, base, teacher, volume, labels, pairs, config):
     return student, figures
 
 
+def time_sizes(args, volume) -> dict:
+    """Encoder ms per plane of the teacher and of every student size, measured alternately."""
+    from napari_vfmseg.models import load_model
+    from napari_vfmseg.models.student import STUDENT_SIZES
+    from napari_vfmseg.training.distill import build_student
+    from napari_vfmseg.training.distill.measure import encoder_times
+    from napari_vfmseg.training.distill.transfer import volume_planes
+
+    teacher = load_model(args.teacher, device="cpu")
+    sample = volume_planes(volume.array, volume.spacing, axes=(0, 1, 2))[::25][:12]
+    out = {}
+    for size in STUDENT_SIZES:
+        student = build_student(teacher, size, args.img_size)
+        load = os.getloadavg()[0]
+        figures = encoder_times(teacher, student, sample, args.timing_repeats)
+        out[size] = {**figures, "encoder_parameters": student.info["encoder_parameters"], "load": round(load, 2)}
+        print(f"{size:<8} {figures['student_encoder_ms']:>8.2f} ms vs teacher {figures['teacher_encoder_ms']:.2f} ms "
+              f"({figures['encoder_speedup']}x); {out[size]['encoder_parameters']} parameters; load {load:.2f}",
+              flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--volume", default=str(ROOT / "sample_data" / "mni_brain_t1.nii.gz"))
@@ -153,6 +175,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timing-repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sizes-only", action="store_true", help="only time the encoder of every student size")
     args = parser.parse_args(argv)
 
     import torch
@@ -163,6 +186,9 @@ def main(argv=None) -> int:
     from napari_vfmseg.training.distill import DistillConfig
 
     volume = read_volume(args.volume)
+    if args.sizes_only:
+        print(json.dumps({"sizes": time_sizes(args, volume), "threads": args.threads}))
+        return 0
     image = np.asarray(volume.array)
     labels = np.asarray(read_volume(args.labels).array)
     labels = (labels > 0).astype(np.int32) if args.objects == "brain" else labels.astype(np.int32)
