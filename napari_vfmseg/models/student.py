@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.modeling.common import LayerNorm2d
 
-from napari_vfmseg.models.builtin import ConvBlock
+from napari_vfmseg.models.builtin import ConvBlock, _down   # the built-in family's blocks
 
 __all__ = [
     "STUDENT_FORMAT",
@@ -118,10 +118,6 @@ class StudentEncoder(nn.Module):
         fused = self.lateral2(s8) + F.interpolate(self.lateral3(s16), size=s8.shape[-2:], mode="bilinear",
                                                   align_corners=False)
         return self.neck(fused)
-
-
-def _down(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.GELU())
 
 
 def build_student_sam(config: StudentConfig) -> Sam:

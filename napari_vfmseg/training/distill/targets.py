@@ -26,7 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from napari_vfmseg.engine.preprocess import PreparedImage, encoder_input, prepare_image
-from napari_vfmseg.training.data import object_ids
+from napari_vfmseg.training.data import _resize_nearest, object_ids
 from napari_vfmseg.training.distill.transfer import TransferImage
 from napari_vfmseg.training.forward import decode
 from napari_vfmseg.training.prompts import PromptSet
@@ -84,11 +84,8 @@ def _label_objects(item: TransferImage, prepared: PreparedImage, side: int, limi
                    rng: np.random.Generator) -> np.ndarray:
     """Up to ``limit`` of the item's labelled objects, in the student's padded frame."""
     h, w = prepared.geometry.input_size
-    labels = np.asarray(item.labels)
-    rows = np.minimum(((np.arange(h) + 0.5) * labels.shape[0] / h).astype(int), labels.shape[0] - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * labels.shape[1] / w).astype(int), labels.shape[1] - 1)
     framed = np.zeros((side, side), np.int32)
-    framed[:h, :w] = labels[rows[:, None], cols[None, :]]
+    framed[:h, :w] = _resize_nearest(np.asarray(item.labels), (h, w))   # as fine-tuning frames labels
     ids = object_ids(framed, min_pixels)
     if len(ids) > limit:
         ids = sorted(rng.choice(ids, size=limit, replace=False).tolist())
