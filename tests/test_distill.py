@@ -100,6 +100,7 @@ def test_student_file_loads_segments_finetunes_and_carries_its_card(volume, tmp_
     config = DistillConfig(embed_steps=3, mask_steps=2, label_steps=2, **SMALL)
     result = distill(teacher, [vol], out, labels=[(vol, labels)], config=config, timing_repeats=2)
     assert out.is_file() and not result.cancelled
+    assert not (tmp_path / "student.checkpoint.safetensors").exists()   # complete: nothing to resume
     card = result.card
     assert card["teacher"]["fingerprint"] == teacher.fingerprint and card["adapter"] is None
     assert card["steps"] == {"embed": 3, "mask": 2, "labels": 2}

@@ -68,7 +68,8 @@ def distill(teacher: LoadedModel, volumes: Sequence, out: Optional[str | Path] =
     ``volumes``: ``napari_vfmseg.io.Volume`` objects (3D or 2D), the unlabelled transfer set.
     ``labels``: (Volume, label map) pairs whose planes along axis 0 with objects are labelled planes,
     used as transfer images and for the final round. ``checkpoint``: the resume file (default: next
-    to ``out``). A cancelled run writes no student file and keeps its checkpoint.
+    to ``out``), removed once the student file is written. A cancelled run writes no student file
+    and keeps its checkpoint.
     """
     started = time.perf_counter()
     cfg = config
@@ -97,6 +98,8 @@ def distill(teacher: LoadedModel, volumes: Sequence, out: Optional[str | Path] =
             card["figures"].update(agreement(student, teacher, distiller.targets))
         if out is not None:
             save_student(out, student, card)
+            if checkpoint is not None:   # the run is complete: nothing is left to resume
+                Path(checkpoint).unlink(missing_ok=True)
     return DistillResult(student, card, distiller.history, cancelled, seconds, str(checkpoint) if checkpoint else None)
 
 
