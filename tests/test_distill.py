@@ -227,3 +227,17 @@ def test_cli_distill_refuses_an_adapter_of_another_base(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "fitted to base model" in err and str(adapter) in err
     assert not (tmp_path / "s.safetensors").exists()
+
+
+def test_student_starts_from_the_decoder_the_teacher_computes_with_under_unmerged_lora():
+    from napari_vfmseg.models.lora import LoRAConfig, inject_lora, lora_modules
+
+    teacher = tiny_loaded_model(seed=0)
+    inject_lora(teacher.sam, LoRAConfig(rank=2, alpha=2.0, encoder_targets=(), decoder_targets=("q_proj",)))
+    name, layer = next(lora_modules(teacher.sam.mask_decoder))
+    with torch.no_grad():
+        layer.lora_B.normal_(0.0, 0.5)
+    student = build_student(teacher, "nano", 64)
+    copied = dict(student.sam.mask_decoder.named_parameters())[f"{name}.weight"]
+    torch.testing.assert_close(copied, layer.weight + layer.delta_weight())
+    assert not torch.allclose(copied, layer.weight)

@@ -28,8 +28,18 @@ __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "build_student", "student_from_sam
 CHECKPOINT_FORMAT = "napari-vfmseg-distill-checkpoint"
 
 
-def _without_lora(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if k.startswith(prefixes) and ".lora_" not in k}
+def _effective(sam, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The weights under ``prefixes`` as the network computes with them: an unmerged LoRA layer's
+    update is added to its base weight, the LoRA factors themselves are left out."""
+    from napari_vfmseg.models.lora import lora_modules
+
+    state = {k: v for k, v in sam.state_dict().items() if k.startswith(prefixes) and ".lora_" not in k}
+    with torch.no_grad():
+        for name, layer in lora_modules(sam):
+            key = f"{name}.weight"
+            if key in state and not layer.merged:
+                state[key] = layer.weight + layer.delta_weight().to(layer.weight.dtype)
+    return state
 
 
 def student_from_sam(sam, config: StudentConfig, device: torch.device, info: dict, name: str = "") -> LoadedModel:
@@ -44,12 +54,12 @@ def student_from_sam(sam, config: StudentConfig, device: torch.device, info: dic
 
 def build_student(teacher: LoadedModel, size: str = "tiny", img_size: int = 256, seed: int = 0) -> LoadedModel:
     """A student of encoder ``size`` at ``img_size`` px; its prompt encoder and mask decoder are
-    copies of the teacher's (with LoRA merged weights when the teacher carries a merged adapter)."""
+    copies of the teacher's as it computes (an active adapter included, merged or not)."""
     config = student_config_for(teacher.sam, size, img_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         sam = build_student_sam(config)
-    decoder_state = _without_lora(teacher.sam.state_dict(), ("prompt_encoder.", "mask_decoder."))
+    decoder_state = _effective(teacher.sam, ("prompt_encoder.", "mask_decoder."))
     missing = [k for k in sam.state_dict() if k.startswith(("prompt_encoder.", "mask_decoder.")) and k not in decoder_state]
     if missing:
         raise ValueError(f"teacher {teacher.name!r}: its decoder does not fit a SAM decoder (missing {missing[:3]})")
