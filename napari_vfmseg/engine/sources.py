@@ -14,7 +14,7 @@ import numpy as np
 from napari_vfmseg.engine.cache import lazy_scan_fingerprint
 from napari_vfmseg.engine.errors import NonFiniteImageError
 from napari_vfmseg.engine.preprocess import pixel_aspect
-from napari_vfmseg.io.windowing import Window, resolve_window
+from napari_vfmseg.io.windowing import Window, model_window
 
 __all__ = ["WindowArg", "VolumeSource", "require_finite", "image_window", "volume_source"]
 
@@ -33,9 +33,7 @@ def image_window(array: np.ndarray, window: WindowArg, modality: Optional[str]) 
         if window is not None:
             raise ValueError("an RGB image is used as it is; do not pass a window with it")
         return None
-    if window is None and array.dtype == np.uint8:
-        return None  # 8-bit grey slices are used as they are, like SamPredictor on a grey photo
-    return resolve_window(window, array, modality)
+    return model_window(window, array, modality)  # "auto" on 8-bit grey: as it is, like SamPredictor
 
 
 @dataclass
@@ -88,5 +86,5 @@ def volume_source(volume: np.ndarray, axis: int, window: WindowArg, modality: Op
         if len(values) != 3:
             raise ValueError(f"spacing must be three numbers (plane, row, col) in mm; got {values}")
         aspect = pixel_aspect([v for i, v in enumerate(values) if i != axis % 3])
-    resolved = None if (window is None and array.dtype == np.uint8) else resolve_window(window, array, modality)
+    resolved = model_window(window, array, modality)
     return VolumeSource(array, axis % 3, resolved, aspect, scan=lazy_scan_fingerprint(array))

@@ -134,6 +134,7 @@ class LayerLifecycle:
         self._prompt_axis = None if len(shape) == 2 else (displayed_axis(self.viewer.dims, layer, shape) or 0)
         show_head_up(self.viewer, layer)
         self.window_combo.setEnabled(not layer.rgb)
+        self._show_model_window()
         self._refresh_image_choices()
         self._after_objects_changed()
         self._open_autosave(layer)

@@ -86,14 +86,18 @@ class ModelActions:
     def _on_window_choice(self, index: int) -> None:
         if self.session is None:
             return
-        value = self._window_value()
-        if value is not None:
-            from napari_vfmseg.io.windowing import resolve_window
-
-            window = resolve_window(value, np.asarray(self.image_layer.data), self._modality())
-            self.image_layer.contrast_limits = (window.low, window.high)   # what you see is what the model sees
+        self._show_model_window()
         self.session.invalidate()
         self._configure_engine()
+
+    def _show_model_window(self) -> None:
+        """Set the image layer's contrast to the window the engine uses: what you see is what the model sees."""
+        if self.image_layer is None or self.image_layer.rgb:
+            return
+        from napari_vfmseg.io.windowing import display_window
+
+        window = display_window(self._window_value(), np.asarray(self.image_layer.data), self._modality())
+        self.image_layer.contrast_limits = (window.low, window.high)
 
     def _configure_engine(self) -> None:
         if self.session is None or self.segmenter is None:
