@@ -15,3 +15,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _private_vfmseg_home(tmp_path, monkeypatch):
+    """Every test writes autosaves, caches and adapters under a temporary napari-vfmseg home,
+    never into the real user's one."""
+    monkeypatch.setenv("VFMSEG_HOME", str(tmp_path / "vfmseg-home"))
