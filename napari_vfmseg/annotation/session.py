@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -429,12 +429,20 @@ class AnnotationSession:
 
     # ------------------------------------------------------------------------ export
 
-    def export(self, path: str | Path, extra: Optional[dict] = None) -> ExportResult:
-        """Write the labels with the image geometry, and the object table as CSV and JSON beside them."""
+    def export(self, path: str | Path, extra: Optional[dict] = None,
+               write: Optional[Callable[[Path, np.ndarray], str | Path]] = None) -> ExportResult:
+        """Write the labels with the image geometry, and the object table as CSV and JSON beside them.
+
+        ``write(path, labels)`` replaces the plain label-file writer (the widget passes one that
+        also writes DICOM-SEG for a ``.dcm`` path); it returns the written path.
+        """
         from napari_vfmseg.io import write_labels
 
         self.table.refresh(self.labels)
-        written = Path(write_labels(path, self.labels, **self.geometry))
+        if write is None:
+            written = Path(write_labels(path, self.labels, **self.geometry))
+        else:
+            written = Path(write(Path(path), self.labels))
         csv_path, json_path = object_table_paths(written)
         self.table.write_csv(csv_path)
         self.table.write_json(json_path, {"labels_file": written.name, **(extra or {})})

@@ -57,11 +57,12 @@ class LayerLifecycle:
             return None
         return next((layer for layer in self.viewer.layers if layer.unique_id == unique_id), None)
 
-    def _refresh_image_choices(self) -> None:
+    def _refresh_image_choices(self, auto_select: bool = True) -> None:
+        """Refill the image and target menus; with ``auto_select`` and no image yet, pick the active one."""
         current = self.image_layer
         refill(self.image_combo, [("—", None)] + [(layer.name, layer.unique_id) for layer in self._image_layers()],
                 current.unique_id if current is not None else None)
-        if current is None:
+        if current is None and auto_select:
             layers = self._image_layers()
             active = self.viewer.layers.selection.active
             choice = next((layer for layer in layers if same_layer(layer, active)), layers[0] if layers else None)
@@ -91,7 +92,9 @@ class LayerLifecycle:
         if any(same_layer(layer, m) for m in managed):
             self._detach()
             self._notify("warning", f"annotation stopped: layer {layer.name!r} was removed; choose the image again to continue")
-        self._refresh_image_choices()
+        # a removal never picks an image by itself: re-creating layers here would fight the removal
+        # (closing the viewer removes every layer in turn and would never end); the user chooses again
+        self._refresh_image_choices(auto_select=False)
 
     def _on_image_choice(self, index: int) -> None:
         layer = self._layer_by_id(self.image_combo.itemData(index))

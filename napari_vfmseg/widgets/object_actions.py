@@ -143,17 +143,28 @@ class ObjectActions:
         """Write the objects' labels (with the image's geometry) and the object table (CSV, JSON)."""
         if self.session is None:
             raise ValueError("no image is being annotated")
+        from napari_vfmseg._layer_geometry import export_labels
+
         extra = {"image": self.image_layer.name}
+        model = adapter = None
         if self.segmenter is not None:
-            extra["model"] = self.segmenter.model.name
-        return self.session.export(path, extra)
+            extra["model"] = model = self.segmenter.model.name
+            adapter_info = (self.segmenter.model.info or {}).get("adapter") or {}
+            adapter = adapter_info.get("fingerprint")
+        names = {record.id: record.name for record in self.session.table.records()}
+        metadata, geometry = dict(self.image_layer.metadata or {}), self.session.geometry
+
+        def write(target, labels):  # a DICOM-SEG for a .dcm name (DICOM sources only), else a label file
+            return export_labels(target, labels, metadata, geometry, names=names, model=model, adapter=adapter)
+
+        return self.session.export(path, extra, write=write)
 
     def _export_dialog(self) -> None:
         if self.session is None:
             return
         path, _ = QFileDialog.getSaveFileName(
             self, "Export labels and object table", f"{self.image_layer.name}_labels.nii.gz",
-            "Labels (*.nii.gz *.nii *.nrrd *.mha *.mhd)",
+            "Labels (*.nii.gz *.nii *.nrrd *.mha *.mhd);;DICOM-SEG, for a DICOM series (*.dcm)",
         )
         if not path:
             return
