@@ -19,7 +19,10 @@ from _tiny_models import synthetic_volume, tiny_loaded_model
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
-QUICK = dict(steps=30, lr=3e-3, images_per_step=2, prompts_per_image=2, cache_views=4)
+# The fast option (cached early stages, cosine, one correction click): these tests check the round's
+# mechanics in seconds on a tiny model; the default recipe's figures are in docs/finetuning.md.
+QUICK = dict(steps=30, lr=3e-3, images_per_step=2, prompts_per_image=2, cache_views=4, cache_early=True,
+             rotate_degrees=15.0, schedule="cosine", correction_clicks=1)
 
 
 def _real_planes(planes=(0.3, 0.5, 0.7)):

@@ -189,7 +189,7 @@ def test_cli_finetune_then_evaluate_with_the_adapter(tmp_path, monkeypatch, caps
     image_path, labels_path = _write_volume_pair(tmp_path)
     out = tmp_path / "adapter.safetensors"
     code = main(["finetune", str(image_path), str(labels_path), "--out", str(out), "--mode", "decoder",
-                 "--steps", "60", "--lr", "1e-2",
+                 "--steps", "60", "--lr", "1e-2", "--schedule", "cosine", "--correction-clicks", "1",
                  "--images-per-step", "2", "--prompts-per-image", "2", "--val-every", "20", "--block-size", "4",
                  "--window", "100,300", "--patience", "0", "--json"])
     assert code == 0

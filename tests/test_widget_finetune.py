@@ -260,3 +260,11 @@ def test_round_text_keeps_the_forgetting_warning_in_view():
                                             notes=["original-domain Dice fell by 10.5 points"]))
     assert "0.300 → 0.430" in kept and "warning" not in kept
     assert "0.649 → 0.544" in forgot and "warning: original-domain Dice fell by 10.5 points" in forgot
+
+
+def test_panel_defaults_are_the_round_defaults() -> None:
+    from napari_vfmseg.training.round_config import RoundConfig
+    from napari_vfmseg.widgets.finetune_panel import DEFAULT_RANK, DEFAULT_STEPS, MODES_SHOWN
+
+    assert (DEFAULT_STEPS, DEFAULT_RANK) == (RoundConfig.steps, RoundConfig.rank)
+    assert MODES_SHOWN[0] == RoundConfig.mode  # the first entry is what the panel starts with

@@ -55,9 +55,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["FinetunePanel", "LossPlot", "default_project_folder", "MODES_SHOWN", "DEFAULT_STEPS", "DEFAULT_RANK"]
 
-MODES_SHOWN = ("decoder", "encoder-lora")
-# Defaults of training.rounds.RoundConfig, repeated so that building the panel does not import torch.
-DEFAULT_STEPS = 50
+MODES_SHOWN = ("auto", "full", "decoder", "encoder-lora")  # auto: all weights for small models, LoRA for large
+# Defaults of training.round_config.RoundConfig (the measured default round), repeated so that
+# building the panel imports no torch (importing the training package would);
+# tests/test_widget_finetune.py checks that they agree.
+DEFAULT_STEPS = 60
 DEFAULT_RANK = 4
 _GROUP_OFFSET = 100_000   # plane numbers of different volumes never share a split block
 
@@ -344,7 +346,7 @@ class FinetunePanel(AdapterSwitch, QWidget):
             from napari_vfmseg.training.data import pairs_from_folder
 
             groups = [rounds.gather_examples(s.image, s.labels, axis=s.axis or 0, window=s.window,
-                                             modality=s.modality, source=s.name) for s in sources]
+                                             modality=s.modality, source=s.name, spacing=s.spacing) for s in sources]
             if folder is not None:
                 groups.append(pairs_from_folder(folder))
             pairs = []

@@ -22,6 +22,7 @@ class AnnotatedSource:
     axis: Optional[int]
     window: object
     modality: Optional[str]
+    spacing: Optional[tuple] = None   # mm per pixel in the image's axis order: training keeps true proportions
 
 
 def annotated_sources(annotator, copy: bool = True) -> list[AnnotatedSource]:
@@ -38,7 +39,8 @@ def annotated_sources(annotator, copy: bool = True) -> list[AnnotatedSource]:
         plane = annotator.current_plane()
         axis = None if session.ndim == 2 else (plane.axis if plane is not None else (annotator.engine.axis or 0))
         out.append(AnnotatedSource(layer.name, np.asarray(layer.data), _labels_array(session.labels, copy), axis,
-                           annotator.window_combo.currentData(), _modality(layer)))
+                           annotator.window_combo.currentData(), _modality(layer),
+                           tuple(session.geometry["spacing"])))
         seen.add(layer.unique_id)
     layers = list(annotator.viewer.layers)
     for layer in layers:
@@ -49,13 +51,19 @@ def annotated_sources(annotator, copy: bool = True) -> list[AnnotatedSource]:
         if target is None:
             continue
         out.append(AnnotatedSource(layer.name, np.asarray(layer.data), _labels_array(target.data, copy),
-                           0 if layer.data.ndim == 3 else None, None, _modality(layer)))
+                           0 if layer.data.ndim == 3 else None, None, _modality(layer), _spacing(layer)))
     return out
 
 
 def _labels_array(data, copy: bool) -> np.ndarray:
     """The labels as a numpy array: a copy, or a view where one is possible (counting only)."""
     return np.array(data, copy=True) if copy else np.asarray(data)
+
+
+def _spacing(layer) -> tuple:
+    """The layer's pixel spacing (mm, array axis order): the scan's own, else napari's scale."""
+    stored = ((layer.metadata or {}).get(GEOMETRY_KEY) or {}).get("spacing")
+    return tuple(float(v) for v in (stored if stored is not None else layer.scale))
 
 
 def _modality(layer) -> Optional[str]:
