@@ -21,7 +21,8 @@ import numpy as np
 from scipy import ndimage
 
 from napari_vfmseg.engine.preprocess import pixel_aspect, prepare_image
-from napari_vfmseg.io.windowing import WindowSpec, apply_window, resolve_window
+from napari_vfmseg.io.windowing import WindowSpec, apply_window, model_window, resolve_window
+from napari_vfmseg.io.formats import IMAGE_SUFFIXES  # the one list of readable image files
 
 __all__ = [
     "LabelledImage",
@@ -36,7 +37,6 @@ __all__ = [
     "augment",
 ]
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 MASK_TAGS = ("mask", "masks", "label", "labels", "seg", "segmentation")
 
 
@@ -132,7 +132,7 @@ def pairs_from_volume(volume: np.ndarray, labels: np.ndarray, axis: int = 0, win
         raise ValueError(f"{source}: expected a 2D or 3D image, got shape {volume.shape}")
     if not -3 <= axis < 3:
         raise ValueError(f"{source}: axis {axis} is out of range for a 3D volume")
-    win = None if (window is None and volume.dtype == np.uint8) else resolve_window(window, volume, modality)
+    win = model_window(window, volume, modality)  # the engine's rule: "auto" on 8-bit data is as it is
     volume = np.moveaxis(volume, axis, 0)
     labels = np.moveaxis(labels, axis, 0)
     pairs = []
