@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_vfmseg.engine.preprocess import pixel_aspect, prepare_image
-from napari_vfmseg.io.windowing import WindowSpec, apply_window, model_window, resolve_window
+from napari_vfmseg.io.windowing import WindowSpec, apply_window, model_window
 from napari_vfmseg.io.formats import IMAGE_SUFFIXES  # the one list of readable image files
 
 __all__ = [
