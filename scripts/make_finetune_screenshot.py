@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def main(out: str) -> int:
-    import napari_vfmseg.engine  # noqa: F401  (torch before OpenGL: see widgets._gl_compat)
+    import napari_vfmseg.engine  # noqa: F401  (torch before OpenGL: see annotation._gl_compat)
     import napari
     import numpy as np
     from qtpy.QtWidgets import QApplication
