@@ -26,8 +26,9 @@ def test_only_a_vertical_world_z_of_a_3d_scan_points_up():
 
 
 def _head_bright_volume() -> np.ndarray:
-    """(z, y, x): the planes nearest the head (highest z) bright, the rest a dim grey."""
-    volume = np.full((30, 40, 50), 200.0, dtype=np.float32)
+    """(z, y, x): the planes nearest the head (highest z) bright, the rest a dim grey (-100 HU, which
+    the widget's CT window shows dim too: it sets the contrast to the window the model sees)."""
+    volume = np.full((30, 40, 50), -100.0, dtype=np.float32)
     volume[22:] = 1000.0
     return volume
 
