@@ -431,18 +431,12 @@ class AnnotationSession:
 
     def export(self, path: str | Path, extra: Optional[dict] = None,
                write: Optional[Callable[[Path, np.ndarray], str | Path]] = None) -> ExportResult:
-        """Write the labels with the image geometry, and the object table as CSV and JSON beside them.
-
-        ``write(path, labels)`` replaces the plain label-file writer (the widget passes one that
-        also writes DICOM-SEG for a ``.dcm`` path); it returns the written path.
-        """
+        """Write the labels with the image geometry (or with ``write(path, labels)`` → written path,
+        e.g. the widget's DICOM-SEG writer), and the object table as CSV and JSON beside them."""
         from napari_vfmseg.io import write_labels
 
         self.table.refresh(self.labels)
-        if write is None:
-            written = Path(write_labels(path, self.labels, **self.geometry))
-        else:
-            written = Path(write(Path(path), self.labels))
+        written = Path(write(Path(path), self.labels) if write else write_labels(path, self.labels, **self.geometry))
         csv_path, json_path = object_table_paths(written)
         self.table.write_csv(csv_path)
         self.table.write_json(json_path, {"labels_file": written.name, **(extra or {})})
