@@ -22,8 +22,21 @@ from segment_anything.modeling.common import LayerNorm2d
 __all__ = ["BuiltinConfig", "ConvImageEncoder", "build_builtin_sam"]
 
 
+class MetadataConfig:
+    """A frozen dataclass of architecture fields stored as JSON in a weights file's metadata."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        """The config of ``values`` (JSON lists become tuples; unknown keys are ignored)."""
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**fields)
+
+
 @dataclass(frozen=True)
-class BuiltinConfig:
+class BuiltinConfig(MetadataConfig):
     """Architecture of the built-in model; stored in the weights' metadata."""
 
     img_size: int = 256
@@ -33,14 +46,6 @@ class BuiltinConfig:
     decoder_depth: int = 2
     decoder_mlp_dim: int = 2048
     decoder_heads: int = 8
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "BuiltinConfig":
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in cls.__dataclass_fields__}
-        return cls(**fields)
 
 
 class ConvBlock(nn.Module):

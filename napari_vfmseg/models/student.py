@@ -16,7 +16,7 @@ build the right network for the file.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.modeling.common import LayerNorm2d
 
-from napari_vfmseg.models.builtin import ConvBlock, _down   # the built-in family's blocks
+from napari_vfmseg.models.builtin import ConvBlock, MetadataConfig, _down   # the built-in family's blocks
 
 __all__ = [
     "STUDENT_FORMAT",
@@ -54,7 +54,7 @@ STUDENT_SIZES: dict[str, tuple[tuple[int, int, int, int], tuple[int, int, int], 
 
 
 @dataclass(frozen=True)
-class StudentConfig:
+class StudentConfig(MetadataConfig):
     """Architecture of a student; stored in its checkpoint's metadata.
 
     ``neck_dim`` None: the neck is as wide as ``embed_dim`` (the built-in layout). The decoder fields
@@ -79,14 +79,6 @@ class StudentConfig:
     def __post_init__(self) -> None:
         if self.img_size % 16 or self.img_size < 64:
             raise ValueError(f"student input size must be a multiple of 16 and >= 64, got {self.img_size}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "StudentConfig":
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in cls.__dataclass_fields__}
-        return cls(**fields)
 
 
 class StudentEncoder(nn.Module):
