@@ -25,13 +25,6 @@ TRANSLATE = (5.0, -2.0, 1.0)
 TIMEOUT = 10_000
 
 
-
-@pytest.fixture(autouse=True)
-def _private_home(tmp_path, monkeypatch):
-    """Autosaves (and anything else under the napari-vfmseg home) go to a temporary folder."""
-    monkeypatch.setenv("VFMSEG_HOME", str(tmp_path / "vfmseg-home"))
-
-
 @pytest.fixture(scope="module")
 def model():
     return tiny_loaded_model(seed=3)

@@ -25,12 +25,6 @@ ROUND_TIMEOUT = 60_000
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _private_home(tmp_path, monkeypatch):
-    """Autosaves (and anything else under the napari-vfmseg home) go to a temporary folder."""
-    monkeypatch.setenv("VFMSEG_HOME", str(tmp_path / "vfmseg-home"))
-
-
 @pytest.fixture
 def working(make_napari_viewer, qtbot, tmp_path):
     image, truth = synthetic_volume(planes=16, size=96, seed=0)

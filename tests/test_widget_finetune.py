@@ -33,13 +33,6 @@ BOX = (20.0, 14.0, 50.0, 46.0)   # a prompt for comparing predictions (object 1 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
-@pytest.fixture(autouse=True)
-def _private_home(tmp_path, monkeypatch):
-    """Autosaves (and anything else under the napari-vfmseg home) go to a temporary folder."""
-    monkeypatch.setenv("VFMSEG_HOME", str(tmp_path / "vfmseg-home"))
-
-
 class SwitchableOracle(Segmenter):
     """A real Segmenter; while ``oracle`` is on, a box is answered with the true object inside it.
     ``centres`` records the plane each background embedding started from."""

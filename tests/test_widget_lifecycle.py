@@ -81,12 +81,6 @@ def test_open_from_the_plugin_menu_of_a_running_viewer_segment_and_close(tmp_pat
     assert f"engine closed: True objects kept: {voxels}" in lines
 
 
-@pytest.fixture(autouse=True)
-def _private_home(tmp_path, monkeypatch):
-    """Autosaves (and anything else under the napari-vfmseg home) go to a temporary folder."""
-    monkeypatch.setenv("VFMSEG_HOME", str(tmp_path / "vfmseg-home"))
-
-
 @pytest.fixture(scope="module")
 def model():
     return tiny_loaded_model(seed=3)

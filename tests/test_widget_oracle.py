@@ -21,13 +21,6 @@ from napari_vfmseg.annotation.prompts import clip_box
 TIMEOUT = 10_000
 
 
-
-@pytest.fixture(autouse=True)
-def _private_home(tmp_path, monkeypatch):
-    """Autosaves (and anything else under the napari-vfmseg home) go to a temporary folder."""
-    monkeypatch.setenv("VFMSEG_HOME", str(tmp_path / "vfmseg-home"))
-
-
 class OracleSegmenter(Segmenter):
     """A real Segmenter (real embeddings, cache, prefetch) whose masks come from the ground truth."""
 

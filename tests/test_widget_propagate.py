@@ -27,13 +27,6 @@ SEED = 6
 RADII = {3: 4, 4: 7, 5: 9, 6: 10, 7: 10, 8: 9, 9: 7, 10: 4}   # plane → radius (px): the object spans planes 3–10
 
 
-
-@pytest.fixture(autouse=True)
-def _private_home(tmp_path, monkeypatch):
-    """Autosaves (and anything else under the napari-vfmseg home) go to a temporary folder."""
-    monkeypatch.setenv("VFMSEG_HOME", str(tmp_path / "vfmseg-home"))
-
-
 def _capsule(planes: int = 14, size: int = 40):
     """(image float32, labels int32) of shape (planes, size, size): one drifting disk stack (id 1)."""
     rows, cols = np.mgrid[:size, :size]

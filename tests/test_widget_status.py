@@ -18,12 +18,6 @@ TIMEOUT = 10_000
 BOX = (12.0, 8.0, 40.0, 38.0)
 
 
-@pytest.fixture(autouse=True)
-def _private_home(tmp_path, monkeypatch):
-    """Autosaves (and anything else under the napari-vfmseg home) go to a temporary folder."""
-    monkeypatch.setenv("VFMSEG_HOME", str(tmp_path / "vfmseg-home"))
-
-
 @pytest.fixture(scope="module")
 def model():
     return tiny_loaded_model(seed=3)

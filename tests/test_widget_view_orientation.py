@@ -10,13 +10,6 @@ from napari_vfmseg.widgets.annotator import AnnotatorWidget
 from napari_vfmseg._view_orientation import is_scan_layer, vertical_direction
 
 
-
-@pytest.fixture(autouse=True)
-def _private_home(tmp_path, monkeypatch):
-    """Autosaves (and anything else under the napari-vfmseg home) go to a temporary folder."""
-    monkeypatch.setenv("VFMSEG_HOME", str(tmp_path / "vfmseg-home"))
-
-
 def test_only_a_vertical_world_z_of_a_3d_scan_points_up():
     assert vertical_direction((1, 2), 3) == "down"   # axial: rows are y, anterior already up
     assert vertical_direction((0, 2), 3) == "up"     # coronal: rows are z
