@@ -33,6 +33,7 @@ class ModelPanel(QGroupBox):
 
     def __init__(self, parent: Optional[QWidget] = None) -> None:
         super().__init__("Model", parent)
+        self._files: set[str] = set()   # model files offered in the list (distilled students)
         form = QFormLayout(self)
         self.model_combo = QComboBox()
         self._fill_choices()
@@ -79,6 +80,20 @@ class ModelPanel(QGroupBox):
         index = self.model_combo.findData(default) if default is not None else self.model_combo.count() - 1
         self.model_combo.setCurrentIndex(index)
 
+    def offer_file(self, path: str, label: str, select: bool = True) -> int:
+        """List the model file ``path`` (e.g. a distilled student) as ``label``, before the checkpoint
+        choice, and select it when ``select``: Load model then loads it. Returns its index."""
+        path = str(path)
+        index = self.model_combo.findData(path) if path in self._files else -1
+        if index < 0:
+            index = self.model_combo.findText(FILE_CHOICE)
+            self.model_combo.insertItem(index, label, path)
+            self.model_combo.setItemData(index, path, Qt.ToolTipRole)
+            self._files.add(path)
+        if select:
+            self.model_combo.setCurrentIndex(index)
+        return index
+
     def _path_row(self, placeholder: str, file_filter: str) -> tuple[QLineEdit, QWidget]:
         edit = QLineEdit()
         edit.setPlaceholderText(placeholder)
@@ -108,6 +123,8 @@ class ModelPanel(QGroupBox):
         name = self.model_combo.currentData()
         checkpoint = self.checkpoint_edit.text().strip() or None
         adapter = self.adapter_edit.text().strip() or None
+        if name in self._files:   # an offered file: loaded as a checkpoint path
+            name, checkpoint = None, name
         return ModelSource(name=name, checkpoint=None if name else checkpoint, adapter=adapter, device=self.device_combo.currentText())
 
     def cache_dir(self):
