@@ -16,6 +16,7 @@ takes the image again — when the adapter changes the encoder, its embeddings h
 key, so the plane on screen is embedded first, with progress, then the others. A cancelled or
 failing round saves nothing and changes nothing in the viewer; a failed activation puts the
 previous adapter back. The label at the top always names the model and the adapter in use.
+**Distil** (:mod:`~napari_vfmseg.widgets.distill_action`) turns the model in use into a small student.
 """
 
 from __future__ import annotations
@@ -27,22 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from qtpy.QtCore import QTimer, Signal
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QLabel,
-    QLayout,
-    QLineEdit,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLabel, QLayout, QLineEdit, QProgressBar,
+                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from napari_vfmseg.widgets.adapter_switch import AdapterSwitch, dice_pair
+from napari_vfmseg.widgets.distill_action import DistillAction
 from napari_vfmseg.widgets.auto_adapt import AutoAdapt
 from napari_vfmseg.widgets.finetune_sources import AnnotatedSource, annotated_sources
 from napari_vfmseg.widgets.layout import row
@@ -182,6 +172,8 @@ class FinetunePanel(AdapterSwitch, QWidget):
         self.compare_label.setWordWrap(True)
         self.compare_label.setStyleSheet("color: gray;")
         layout.addWidget(self.compare_label)
+        self.distil = DistillAction(self)   # never at the same time as a round (each checks the other)
+        layout.addWidget(self.distil)
 
         self.progressed.connect(self._on_progress)
         self._count_timer = QTimer(self)
@@ -206,6 +198,7 @@ class FinetunePanel(AdapterSwitch, QWidget):
     def shutdown(self) -> None:
         """The annotator is closing: cancel a running round (nothing is saved) and drop its result."""
         self._count_timer.stop()
+        self.distil.shutdown()
         _set_all(self._round_events)
         if self._round_call is not None:
             self._round_call.cancel()
@@ -280,6 +273,8 @@ class FinetunePanel(AdapterSwitch, QWidget):
         """Why Start cannot run now, or None when it can."""
         if self.running:
             return "a round is under way"
+        if self.distil.running:
+            return "a distillation is under way"
         if self.activating:
             return "an adapter is being switched"
         if self._model() is None:
@@ -296,7 +291,7 @@ class FinetunePanel(AdapterSwitch, QWidget):
         self.start_button.setEnabled(reason is None)
         self.start_button.setToolTip(reason or "train a new adapter version on the committed objects (on a copy of the model)")
         self.cancel_button.setEnabled(self.running)
-        idle = not self.running and not self.activating
+        idle = not self.running and not self.activating and not self.distil.running
         for widget in (self.mode_combo, self.steps_spin, self.project_edit, self.project_button,
                        self.pairs_edit, self.pairs_button):
             widget.setEnabled(idle)
@@ -309,6 +304,7 @@ class FinetunePanel(AdapterSwitch, QWidget):
         self.use_new_check.setEnabled(usable and idle)
         if not self.running and not self._reembedding:
             self.status_label.setText(self._status if reason is None or self._status else reason)
+        self.distil.update_controls()
 
     def _on_mode(self, *_args) -> None:
         self._update_controls()
