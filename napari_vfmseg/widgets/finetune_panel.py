@@ -32,8 +32,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLab
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from napari_vfmseg.widgets.adapter_switch import AdapterSwitch, dice_pair
-from napari_vfmseg.widgets.distill_action import DistillAction
 from napari_vfmseg.widgets.auto_adapt import AutoAdapt
+from napari_vfmseg.widgets.distill_action import DistillAction
 from napari_vfmseg.widgets.finetune_sources import AnnotatedSource, annotated_sources
 from napari_vfmseg.widgets.layout import row
 from napari_vfmseg.widgets.loss_plot import LossPlot
