@@ -21,8 +21,10 @@ LOPO_BELOW = 8
 @dataclass(frozen=True)
 class RoundConfig:
     """Settings of one round. The defaults are the measured recipe (docs/finetuning.md): on the
-    built-in model, every weight but the cached early encoder stages trains, on augmented views of
-    the corrected planes, validated by leaving one plane out when there are few planes."""
+    built-in model every weight trains (mode "auto" resolves to "full"), 60 steps at a constant
+    3e-4 on augmented views of the corrected planes, each object prompted by a box or a click and
+    then two correction clicks; with fewer than :data:`LOPO_BELOW` planes the round is validated by
+    leaving one plane out. ``cache_early=True`` trades Dice for about a third less CPU per step."""
 
     mode: str = "auto"                  # "auto", "decoder", "encoder-lora" or "full"
     rank: int = 4                       # LoRA rank in encoder-lora mode (alpha = rank)
