@@ -123,6 +123,13 @@ def test_cli_simulate_prints_the_json_summary(tmp_path, capsys):
         assert 0.0 <= summary[key] <= 1.0
     assert summary["federated_dice"] == record.rounds[-1].test["box"]
     assert len(summary["local_dice"]) == 2 and summary["errors"] == []
+    # every contender is also scored on each site's held-out planes (the federation's own split)
+    held = summary["heldout_box_dice"]
+    assert set(held["federated"]) == set(held["base"]) == set(held["pooled"]) == set(held["local"])
+    assert len(held["base"]) == 2
+    assert held["federated"] == {s.site: s.heldout_box_dice for s in record.rounds[-1].sites}
+    for key in ("federated", "base", "pooled", "local_own", "local_all"):
+        assert 0.0 <= summary["heldout_dice_mean"][key] <= 1.0
     assert out.is_file() and round_path(out, 2).is_file()
 
 

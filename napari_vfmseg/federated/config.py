@@ -32,6 +32,11 @@ class FederatedConfig:
     transformer) and ``encoder_targets`` (empty by default: the encoder stays frozen, so each site
     embeds its planes once). ``seed`` fixes the shared A matrices and the sites' sampling.
     ``heldout_fraction`` of each site's labelled planes is kept out of training for its Dice.
+
+    The defaults were measured on the real T1 (brain mask, docs/federated.md): with decoder LoRA of
+    rank 4, lr 3e-3 beat 1e-3 and 3e-4 after 32 steps on one site (test box Dice 0.940 / 0.931 /
+    0.908, click 0.60 / 0.39 / 0.32), and LoRA in the encoder as well gained 0.005 box Dice for 3-4×
+    the time per step, so the encoder stays frozen unless ``encoder_targets`` are given.
     """
 
     strategy: str = "ffa"

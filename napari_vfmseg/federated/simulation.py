@@ -9,6 +9,9 @@ on all sites' planes pooled, with the same budget, and measured on the same test
 - ``local``: ``rounds × local_steps`` steps on one site's planes, as that site would alone;
 - ``pooled``: ``rounds × local_steps`` steps of ``images_per_step × n_sites`` planes drawn from all
   sites' training planes — the same number of sequential steps and of images as the federation.
+
+The base model and every baseline are also scored on each site's held-out planes (the split the
+sites use in the federation), beside the federation's own held-out Dice after its last round.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class SimulationResult:
     base: Optional[dict]
     local: list[dict] = field(default_factory=list)     # one per site, with its "site" name
     pooled: Optional[dict] = None
+    base_scores: Optional[dict] = None                  # the base model on the test and held-out planes
     seconds_federated: float = 0.0
     seconds_baselines: float = 0.0
 
@@ -52,6 +56,8 @@ class SimulationResult:
     def summary(self) -> dict:
         """The JSON of ``vfmseg federated simulate --json`` (Dice: tight-box prompts on the test volume)."""
         local = [entry["box"] for entry in self.local]
+        final = self.record.rounds[-1].sites if self.record.rounds else []
+        federated_heldout = {s.site: s.heldout_box_dice for s in final if s.heldout_box_dice is not None}
         per_round = [{
             "round": r.round,
             "test_box_dice": (r.test or {}).get("box"),
@@ -63,10 +69,28 @@ class SimulationResult:
             "rounds": self.record.config["rounds"],
             "federated_dice": self.federated.get("box"),
             "federated_point_dice": self.federated.get("point"),
+            "pooled_point_dice": self.pooled["point"] if self.pooled else None,
+            "local_point_dice_mean": float(np.mean([e["point"] for e in self.local])) if self.local else None,
+            "base_point_dice": (self.base or {}).get("point"),
             "pooled_dice": self.pooled["box"] if self.pooled else None,
             "local_dice_mean": float(np.mean(local)) if local else None,
             "local_dice": {entry["site"]: entry["box"] for entry in self.local},
             "base_dice": (self.base or {}).get("box"),
+            "heldout_box_dice": {
+                "federated": federated_heldout,
+                "base": (self.base_scores or {}).get("heldout"),
+                "pooled": (self.pooled or {}).get("heldout"),
+                "local": {entry["site"]: entry.get("heldout") for entry in self.local},
+            },
+            "heldout_dice_mean": {
+                "federated": _mean(federated_heldout),
+                "base": _mean((self.base_scores or {}).get("heldout")),
+                "pooled": _mean((self.pooled or {}).get("heldout")),
+                # each site's adapter on its own held-out planes: what a site gets by itself
+                "local_own": _mean({e["site"]: (e.get("heldout") or {}).get(e["site"]) for e in self.local}),
+                "local_all": _mean({f"{e['site']}>{k}": v for e in self.local
+                                    for k, v in (e.get("heldout") or {}).items()}),
+            },
             "bytes_per_round_per_site": self.bytes_per_round_per_site(),
             "model_bytes": self.record.model_bytes,
             "bytes_share_of_model": self.bytes_per_round_per_site() / max(self.record.model_bytes, 1),
@@ -75,6 +99,11 @@ class SimulationResult:
             "errors": list(self.record.errors),
             "per_round": per_round,
         }
+
+
+def _mean(values: Optional[dict]) -> Optional[float]:
+    numbers = [float(v) for v in (values or {}).values() if v is not None]
+    return float(np.mean(numbers)) if numbers else None
 
 
 def run_flower_simulation(server_app, client_app, num_sites: int, cpus: int = 2, verbose: bool = False) -> None:
@@ -109,31 +138,46 @@ def site_names(sites: Sequence[tuple[str, str]]) -> list[str]:
     return [f"site{i + 1}-{Path(image).name}" for i, (image, _) in enumerate(sites)]
 
 
+def _scores(model, test_planes, heldout: Sequence[tuple[str, list]]) -> dict:
+    """Test-volume Dice (``box``, ``point``, ``objects``) and ``heldout``: box Dice per site's held-out planes."""
+    return {**evaluate_planes(model, test_planes),
+            "heldout": {name: evaluate_planes(model, planes)["box"] for name, planes in heldout if planes}}
+
+
 def train_baselines(model_spec: str, sites: Sequence[tuple[str, str]], test: tuple[str, str],
-                    config: FederatedConfig, local: bool = True, pooled: bool = True) -> tuple[list[dict], Optional[dict]]:
-    """Test-volume Dice of each site's adapter trained alone and of one trained on all sites' planes
-    (budgets in the module docstring); the same LoRA, strategy and learning rate as the federation."""
+                    config: FederatedConfig, local: bool = True, pooled: bool = True
+                    ) -> tuple[list[dict], Optional[dict], dict]:
+    """Dice of each site's adapter trained alone, of one trained on all sites' planes (budgets in the
+    module docstring) and of the base model; the same LoRA, strategy and learning rate as the
+    federation. Each is scored on the test volume and on every site's held-out planes (the same
+    split as in the federation): returns (local, pooled, base), each entry as :func:`_scores`."""
     steps = config.rounds * config.local_steps
     model = load_base(model_spec)
     test_planes = frame_planes(model, read_labelled_planes(*test, min_pixels=config.min_pixels), config.min_pixels)
-    site_planes = []
+    site_planes, heldout = [], []
     for name, (image, labels) in zip(site_names(sites), sites):
         data = load_site_data(image, labels, config, name=name)
         site_planes.append((data.name, frame_planes(model, data.train, config.min_pixels)))
+        heldout.append((data.name, frame_planes(model, data.heldout, config.min_pixels)))
+
+    def measure() -> dict:
+        return _scores(model, test_planes, heldout)   # re-embeds while LoRA sits in the encoder
+
+    base = measure()
     local_scores: list[dict] = []
     if local:
         for index, (name, planes) in enumerate(site_planes):
             names = prepare_lora(model, config)
             train_lora(model, planes, names, config, seed=config.seed * 31 + index, steps=steps)
-            local_scores.append({"site": name, **evaluate_planes(model, test_planes)})
+            local_scores.append({"site": name, **measure()})
     pooled_score = None
     if pooled:
         names = prepare_lora(model, config)
         every = [p for _, planes in site_planes for p in planes]
         train_lora(model, every, names, config, seed=config.seed * 31 + 997, steps=steps,
                    images_per_step=config.images_per_step * len(sites))
-        pooled_score = evaluate_planes(model, test_planes)
-    return local_scores, pooled_score
+        pooled_score = measure()
+    return local_scores, pooled_score, base
 
 
 def simulate(model_spec: str, sites: Sequence[tuple[str, str]], test: tuple[str, str], config: FederatedConfig,
@@ -172,6 +216,6 @@ def simulate(model_spec: str, sites: Sequence[tuple[str, str]], test: tuple[str,
     result = SimulationResult(record, record.rounds[-1].test, record.base_test, seconds_federated=seconds_federated)
     if baselines:
         started = time.perf_counter()
-        result.local, result.pooled = train_baselines(model_spec, sites, test, config)
+        result.local, result.pooled, result.base_scores = train_baselines(model_spec, sites, test, config)
         result.seconds_baselines = time.perf_counter() - started
     return result
