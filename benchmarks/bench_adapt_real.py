@@ -102,6 +102,12 @@ def main(argv=None) -> int:
     parser.add_argument("--other", nargs=2, action="append", default=[], metavar=("VOLUME", "LABELS"),
                         help="also score the adapter on this volume (repeatable)")
     parser.add_argument("--other-objects", default="as-is", choices=("as-is", "brain"))
+    parser.add_argument("--case", default=None,
+                        help="a real case of scripts/fetch_real_cases.py (brain1, brain2, lung1, lung2) as the volume")
+    parser.add_argument("--other-case", action="append", default=[],
+                        help="also score the adapter on this fetched case (another subject), repeatable")
+    parser.add_argument("--axes", default="0,1,2", help="axes to score (default 0,1,2)")
+    parser.add_argument("--modality", default=None, help="MR or CT when the file does not say (NRRD, NIfTI)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a RoundConfig field (repeatable), e.g. --set steps=60")
     parser.add_argument("--seed", type=int, default=0)
@@ -121,11 +127,21 @@ def main(argv=None) -> int:
     from napari_vfmseg.training.adapt_eval import volume_scores
     from napari_vfmseg.training.rounds import RoundConfig, gather_examples, run_round
 
+    if args.case or args.other_case:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from fetch_real_cases import case_paths, fetch
+
+        folder = fetch()
+        if args.case:
+            args.volume, args.labels = (str(p) for p in case_paths(args.case, folder))
+        args.other += [[str(p) for p in case_paths(case, folder)] for case in args.other_case]
+    axes = tuple(int(a) for a in args.axes.split(","))
     volume = read_volume(args.volume)
     labels = _objects(np.asarray(read_volume(args.labels).array), args.objects)
     image = np.asarray(volume.array)
     spacing = tuple(float(s) for s in volume.scale)
-    modality = getattr(volume, "modality", None) or "MR"
+    modality = args.modality or getattr(volume, "modality", None) or (
+        "CT" if (args.case or "").startswith("lung") else "MR")
     planes = corrected_planes(labels, args.axis, args.planes)
     config = RoundConfig(seed=args.seed)
     types = {f.name: f.type for f in fields(RoundConfig)}
@@ -139,7 +155,7 @@ def main(argv=None) -> int:
     slowdown = max(1.0, calibrate(args.threads) / REFERENCE_SECONDS)
     exclude = {args.axis: planes}
     before = {a: s.summary() for a, s in volume_scores(model, image, labels, spacing, modality=modality, exclude=exclude,
-                                                         max_planes=args.max_planes).items()}
+                                                         axes=axes, max_planes=args.max_planes).items()}
     from napari_vfmseg.training.metrics3d import evaluate_volume_3d
 
     def propagate3d():
@@ -164,8 +180,8 @@ def main(argv=None) -> int:
         lab = (lab > 0).astype(np.uint8) if args.other_objects == "brain" else lab
         others.append((other_volume, vol, lab))
     other_before = [{a: s.summary() for a, s in volume_scores(model, np.asarray(v.array), lab, tuple(v.scale),
-                                                                modality=getattr(v, "modality", None),
-                                                                max_planes=args.max_planes).items()}
+                                                                modality=getattr(v, "modality", None) or modality,
+                                                                axes=axes, max_planes=args.max_planes).items()}
                     for _, v, lab in others]
 
     moved_image = np.moveaxis(image, args.axis, 0)
@@ -184,11 +200,11 @@ def main(argv=None) -> int:
 
         apply_adapter_tensors(model, result.tensors, result.info)
     after = {a: s.summary() for a, s in volume_scores(model, image, labels, spacing, modality=modality, exclude=exclude,
-                                                        max_planes=args.max_planes).items()}
+                                                        axes=axes, max_planes=args.max_planes).items()}
     prop_after = propagate3d()
     other_after = [{a: s.summary() for a, s in volume_scores(model, np.asarray(v.array), lab, tuple(v.scale),
-                                                               modality=getattr(v, "modality", None),
-                                                               max_planes=args.max_planes).items()}
+                                                               modality=getattr(v, "modality", None) or modality,
+                                                               axes=axes, max_planes=args.max_planes).items()}
                    for _, v, lab in others]
     del moved_image
     print(f"corrected planes along axis {args.axis}: {planes}; round {seconds:.1f} s "
