@@ -72,7 +72,7 @@ def main(out: str, distil_out: str | None = None) -> int:
         for _ in range(20):
             QApplication.processEvents()
             time.sleep(0.05)
-        panel.parentWidget().grab().save(distil_out)
+        action.grab().save(distil_out)   # the Distil section, the student listed
         print(distil_out)
     widget.shutdown()
     viewer.close()

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QComboBox, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QLabel, QLayout, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from napari_vfmseg.widgets.layout import row
 from napari_vfmseg.widgets.notify import notify as _notify
@@ -76,6 +76,7 @@ class DistillAction(QWidget):
         self._listed_folder: Optional[Path] = None
 
         layout = QVBoxLayout(self)
+        layout.setSizeConstraint(QLayout.SetMinimumSize)  # the word-wrapped status must not be squeezed
         layout.setContentsMargins(0, 6, 0, 0)
         title = QLabel("Distil a fast student")
         title.setStyleSheet("font-weight: bold;")
@@ -110,6 +111,12 @@ class DistillAction(QWidget):
         self._events: list[threading.Event] = []
         panel.annotator.destroyed.connect(partial(_set_all, self._events))
         self.update_controls()
+
+    def _show_status(self, text: str) -> None:
+        """Set the status line; its height follows the wrapped text (a nested layout would squeeze it)."""
+        self.status_label.setText(text)
+        width = max(self.status_label.width(), self.width(), 200)
+        self.status_label.setMinimumHeight(self.status_label.heightForWidth(width) if text else 0)
 
     def shutdown(self) -> None:
         """The annotator is closing: cancel a running distillation (its checkpoint is kept) and drop its result."""
@@ -148,7 +155,7 @@ class DistillAction(QWidget):
         self.size_combo.setEnabled(not self.running)
         self.use_button.setEnabled(self.student_path is not None and self.student_path.is_file())
         if not self.running:
-            self.status_label.setText(self._status or reason or "")
+            self._show_status(self._status or reason or "")
         if self.panel.store is not None and self._listed_folder != self.panel.store.folder:
             self._list_students(self.panel.store.folder)
 
@@ -216,7 +223,7 @@ class DistillAction(QWidget):
         self.progress_bar.setRange(0, 0)
         self.progress_bar.setFormat("")
         what = f"resuming {out.name}" if resume else f"a {config.student_size} student of {model.name}"
-        self.status_label.setText(f"preparing {what} …")
+        self._show_status(f"preparing {what} …")
         panel._update_controls()
         self._call = run_in_background(job, partial(self._on_done, out), self._on_failed, name="vfmseg-distill")
         return True
@@ -225,7 +232,7 @@ class DistillAction(QWidget):
         """Stop before the next step: no student file is written; the checkpoint stays for a later resume."""
         if self.running and self._cancel is not None:
             self._cancel.set()
-            self.status_label.setText("cancelling …")
+            self._show_status("cancelling …")
 
     def use_student(self) -> None:
         """Load the latest student into the viewer (in the background, as the Load model button does)."""
@@ -246,7 +253,7 @@ class DistillAction(QWidget):
         self.progress_bar.setFormat(f"{progress.stage} %v / %m")
         loss = f" · loss {progress.loss:.4f}" if progress.loss is not None else ""
         what = "teacher pass" if progress.stage == "teacher" else f"{progress.stage} stage"
-        self.status_label.setText(f"{what}: {progress.step} of {progress.total}{loss} · {progress.elapsed_s:.0f} s")
+        self._show_status(f"{what}: {progress.step} of {progress.total}{loss} · {progress.elapsed_s:.0f} s")
 
     def _finish(self) -> None:
         self.running = False
