@@ -32,7 +32,7 @@ from qtpy.QtWidgets import QComboBox, QLabel, QLayout, QProgressBar, QPushButton
 
 from napari_vfmseg.widgets.layout import row
 from napari_vfmseg.widgets.notify import notify as _notify
-from napari_vfmseg.widgets.workers import run_in_background
+from napari_vfmseg.widgets.workers import run_in_background, set_all
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_vfmseg.widgets.finetune_panel import FinetunePanel
@@ -109,7 +109,7 @@ class DistillAction(QWidget):
         self.progressed.connect(self._on_progress)
         # Not a method of this widget: it may be deleted before the annotator's ``destroyed`` arrives.
         self._events: list[threading.Event] = []
-        panel.annotator.destroyed.connect(partial(_set_all, self._events))
+        panel.annotator.destroyed.connect(partial(set_all, self._events))
         self.update_controls()
 
     def _show_status(self, text: str) -> None:
@@ -120,7 +120,7 @@ class DistillAction(QWidget):
 
     def shutdown(self) -> None:
         """The annotator is closing: cancel a running distillation (its checkpoint is kept) and drop its result."""
-        _set_all(self._events)
+        set_all(self._events)
         if self._call is not None:
             self._call.cancel()
             self._call = None
@@ -287,11 +287,6 @@ class DistillAction(QWidget):
         self._finish()
         self.finished.emit(None)
 
-
-def _set_all(events: list, *_args) -> None:
-    """Set every event in ``events`` (cancels a running distillation when the annotator goes away)."""
-    for event in events:
-        event.set()
 
 
 def _slug(text: str) -> str:

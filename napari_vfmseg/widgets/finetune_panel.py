@@ -38,7 +38,7 @@ from napari_vfmseg.widgets.finetune_sources import AnnotatedSource, annotated_so
 from napari_vfmseg.widgets.layout import row
 from napari_vfmseg.widgets.loss_plot import LossPlot
 from napari_vfmseg.widgets.notify import notify as _notify
-from napari_vfmseg.widgets.workers import run_in_background
+from napari_vfmseg.widgets.workers import run_in_background, set_all
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_vfmseg.widgets.annotator import AnnotatorWidget
@@ -189,7 +189,7 @@ class FinetunePanel(AdapterSwitch, QWidget):
         # The slot must not be a method of this panel: Qt deletes child widgets before the parent's
         # ``destroyed`` is emitted, and calling into a deleted panel at exit can abort the process.
         self._round_events: list[threading.Event] = []
-        annotator.destroyed.connect(partial(_set_all, self._round_events))
+        annotator.destroyed.connect(partial(set_all, self._round_events))
         # The project opens with the first model (opening it imports the training code, and torch).
         self._pending_project: Optional[str] = str(project if project is not None else default_project_folder())
         self.project_edit.setText(self._pending_project)
@@ -199,7 +199,7 @@ class FinetunePanel(AdapterSwitch, QWidget):
         """The annotator is closing: cancel a running round (nothing is saved) and drop its result."""
         self._count_timer.stop()
         self.distil.shutdown()
-        _set_all(self._round_events)
+        set_all(self._round_events)
         if self._round_call is not None:
             self._round_call.cancel()
             self._round_call = None
@@ -420,11 +420,6 @@ class FinetunePanel(AdapterSwitch, QWidget):
         self.refresh()
         self.round_finished.emit(None)
 
-
-def _set_all(events: list, *_args) -> None:
-    """Set every event in ``events`` (cancels a running round when the annotator goes away)."""
-    for event in events:
-        event.set()
 
 
 def describe_round(result) -> str:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Hashable, Optional
 
 from qtpy.QtCore import QObject, Qt, Signal
 
-__all__ = ["BackgroundCall", "JobQueue", "watch_prefetch", "run_in_background", "start_thread", "EXIT_GRACE_S"]
+__all__ = ["BackgroundCall", "JobQueue", "watch_prefetch", "run_in_background", "start_thread", "set_all", "EXIT_GRACE_S"]
 
 Prepare = Callable[[], Optional[Callable[[], Any]]]
 
@@ -245,3 +245,13 @@ def watch_prefetch(handle, on_progress: Callable[[tuple[int, int]], None], on_er
     call = BackgroundCall(watch, lambda _: None, on_error, finished=on_finished, name="vfmseg-prefetch-watch")
     call.quit = call.cancel   # type: ignore[attr-defined]  # the name the engine link calls
     return call.start()
+
+
+def set_all(events: list, *_args) -> None:
+    """Set every ``threading.Event`` in ``events``: the cancel slot of a panel's background work.
+
+    Connect it with ``partial(set_all, events)`` to the annotator's ``destroyed``, never as a method
+    of the panel: Qt deletes child widgets before the parent's ``destroyed`` is emitted.
+    """
+    for event in events:
+        event.set()
