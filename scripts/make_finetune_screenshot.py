@@ -17,11 +17,23 @@ import time
 from pathlib import Path
 
 
+def _wait_while(busy, seconds: float) -> None:
+    """Process Qt events while ``busy()`` (at most ``seconds``), then one more second for the UI to settle."""
+    from qtpy.QtWidgets import QApplication
+
+    deadline = time.time() + seconds
+    while busy() and time.time() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.05)
+    for _ in range(20):
+        QApplication.processEvents()
+        time.sleep(0.05)
+
+
 def main(out: str, distil_out: str | None = None) -> int:
     import napari_vfmseg.engine  # noqa: F401  (torch before OpenGL: see annotation._gl_compat)
     import napari
     import numpy as np
-    from qtpy.QtWidgets import QApplication
 
     from napari_vfmseg.cli.demo import _populate
     from napari_vfmseg.engine import Segmenter
@@ -47,13 +59,7 @@ def main(out: str, distil_out: str | None = None) -> int:
     if not panel.start():
         print("the round did not start:", panel.unavailable_reason(), file=sys.stderr)
         return 1
-    deadline = time.time() + 600
-    while panel.running and time.time() < deadline:
-        QApplication.processEvents()
-        time.sleep(0.05)
-    for _ in range(20):
-        QApplication.processEvents()
-        time.sleep(0.05)
+    _wait_while(lambda: panel.running, 600)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     panel.parentWidget().grab().save(out)
     if distil_out:
@@ -65,13 +71,7 @@ def main(out: str, distil_out: str | None = None) -> int:
         action.size_combo.setCurrentIndex(action.size_combo.findData("nano"))
         action.timing_repeats = 2
         action.start()
-        deadline = time.time() + 900
-        while action.running and time.time() < deadline:
-            QApplication.processEvents()
-            time.sleep(0.05)
-        for _ in range(20):
-            QApplication.processEvents()
-            time.sleep(0.05)
+        _wait_while(lambda: action.running, 900)
         action.grab().save(distil_out)   # the Distil section, the student listed
         print(distil_out)
     widget.shutdown()

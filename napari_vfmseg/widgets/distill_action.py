@@ -131,16 +131,9 @@ class DistillAction(QWidget):
     def unavailable_reason(self) -> Optional[str]:
         """Why Distil cannot run now, or None when it can."""
         panel = self.panel
-        if self.running:
-            return "a distillation is under way"
-        if panel.running:
-            return "a fine-tuning round is under way"
-        if panel.activating:
-            return "an adapter is being switched"
-        if panel._model() is None:
-            return "load a model first"
-        if panel.store is None:
-            return "choose a project folder (…)"
+        reason = panel.busy_reason()
+        if reason is not None:
+            return reason
         if panel.annotator.session is None:
             return "choose an image layer first"
         return None

@@ -269,10 +269,10 @@ class FinetunePanel(AdapterSwitch, QWidget):
         self._refresh_versions()
         self._update_controls()
 
-    def unavailable_reason(self) -> Optional[str]:
-        """Why Start cannot run now, or None when it can."""
+    def busy_reason(self) -> Optional[str]:
+        """Why no training of any kind (round or distillation) can start now, or None."""
         if self.running:
-            return "a round is under way"
+            return "a fine-tuning round is under way"
         if self.distil.running:
             return "a distillation is under way"
         if self.activating:
@@ -281,6 +281,13 @@ class FinetunePanel(AdapterSwitch, QWidget):
             return "load a model first"
         if self.store is None:
             return "choose a project folder (…)"
+        return None
+
+    def unavailable_reason(self) -> Optional[str]:
+        """Why Start cannot run now, or None when it can."""
+        reason = self.busy_reason()
+        if reason is not None:
+            return reason
         counts = self._counts if self._counts is not None else self.counts()
         if counts["planes"] < 2 and not self.pairs_edit.text().strip():
             return "commit objects on a few planes first (at least 2; 10–20 spread over the volume work well)"
