@@ -89,6 +89,7 @@ class FinetunePanel(AdapterSwitch, QWidget):
         self._status = ""
         self._counts: Optional[dict] = None
         self._round_call = None
+        self.distil: Optional[DistillAction] = None   # built below; it asks busy_reason() while it is built
 
         layout = QVBoxLayout(self)
         layout.setSizeConstraint(QLayout.SetMinimumSize)  # word-wrapped labels must not squeeze the form rows
@@ -273,7 +274,7 @@ class FinetunePanel(AdapterSwitch, QWidget):
         """Why no training of any kind (round or distillation) can start now, or None."""
         if self.running:
             return "a fine-tuning round is under way"
-        if self.distil.running:
+        if self.distil is not None and self.distil.running:
             return "a distillation is under way"
         if self.activating:
             return "an adapter is being switched"
