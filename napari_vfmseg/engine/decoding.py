@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -30,7 +30,9 @@ class Prediction:
     ``mask_input`` with a correction click. ``candidate_scores`` (k,) and ``candidate_logits``
     (k, L, L): every mask the decoder returned (k=3 for multimask output; 4 for a box alone: its
     own mask first, then the three multimask masks as alternatives; 1 otherwise); ``index`` is the
-    one chosen. ``np.asarray(prediction)`` gives ``mask``.
+    one chosen. ``crop``: the :class:`~napari_vfmseg.engine.zoom.Crop` of the slice the prompts were
+    segmented on (a small box is zoomed), None for the whole slice; the logits are in its frame.
+    ``np.asarray(prediction)`` gives ``mask``.
     """
 
     mask: np.ndarray
@@ -41,6 +43,7 @@ class Prediction:
     index: int
     multimask: bool
     plane: Optional[int] = None
+    crop: Optional[Any] = None
 
     def __array__(self, dtype=None, copy=None):
         return self.mask if dtype is None else self.mask.astype(dtype)

@@ -78,12 +78,13 @@ class EncoderItem:
     make: Callable[[], PreparedImage]
     prepared: Optional[PreparedImage] = None
     scan: Optional[Callable[[], str]] = None
+    persist: bool = True  # False: memory cache only (zoomed crops, one per box)
 
     def image(self) -> PreparedImage:
         return self.prepared if self.prepared is not None else self.make()
 
     def light(self) -> "EncoderItem":
-        return EncoderItem(self.key, self.model_key, self.geometry, self.make, None, self.scan)
+        return EncoderItem(self.key, self.model_key, self.geometry, self.make, None, self.scan, self.persist)
 
 
 @dataclass
@@ -131,9 +132,10 @@ class EmbeddingProvider:
     # ------------------------------------------------------------------------------------ items
 
     def item(self, make: Callable[[], PreparedImage], prepared: Optional[PreparedImage] = None,
-             scan: Optional[Callable[[], str]] = None) -> EncoderItem:
+             scan: Optional[Callable[[], str]] = None, persist: bool = True) -> EncoderItem:
         """An item for the model as it is now; ``make`` must return the same pixels every time
-        (``prepared``: its result when already at hand)."""
+        (``prepared``: its result when already at hand; ``persist``: False keeps its embedding out
+        of the disk cache)."""
         prepared = prepared if prepared is not None else make()
         model_key = self.model.cache_key
         key = embedding_key(
@@ -144,7 +146,7 @@ class EmbeddingProvider:
             numerics=self.numerics,
             preprocess=self.preprocess,
         )
-        return EncoderItem(key, model_key, prepared.geometry, make, prepared, scan)
+        return EncoderItem(key, model_key, prepared.geometry, make, prepared, scan, persist)
 
     def is_current(self, item: EncoderItem) -> bool:
         """False once the model's encoder changed since ``item`` was keyed (an adapter applied or
@@ -153,7 +155,7 @@ class EmbeddingProvider:
 
     def current(self, item: EncoderItem) -> EncoderItem:
         """``item``, keyed again for the model as it is now if the encoder changed since."""
-        return item if self.is_current(item) else self.item(item.make, item.prepared, item.scan)
+        return item if self.is_current(item) else self.item(item.make, item.prepared, item.scan, item.persist)
 
     def has(self, key: str) -> bool:
         """True when ``key`` is in the memory or disk cache (no encoder run)."""
@@ -213,7 +215,7 @@ class EmbeddingProvider:
         try:
             to_encode = []
             for item, pending in claimed:
-                embedding = self._from_disk(item.key)
+                embedding = self._from_disk(item.key) if item.persist else None
                 if embedding is None:
                     to_encode.append((item, pending))
                     continue
@@ -225,7 +227,7 @@ class EmbeddingProvider:
                 embeddings = self._encode([item for item, _ in to_encode])
                 for (item, pending), embedding in zip(to_encode, embeddings):
                     self.memory.put(item.key, embedding)
-                    if self.disk is not None:
+                    if self.disk is not None and item.persist:
                         self.disk.put_later(item.key, embedding, scan=item.scan)
                     results[item.key] = embedding
                     self._finish(item.key, pending, embedding, None)

@@ -13,9 +13,11 @@ slice, pixel centres at integer coordinates.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import warnings
-from typing import Callable, Optional, Sequence
+from collections import OrderedDict
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ from napari_vfmseg.engine.preprocess import (
     validate_points,
 )
 from napari_vfmseg.engine.sources import VolumeSource, WindowArg, image_window, require_finite, volume_source
+from napari_vfmseg.engine.zoom import Crop, ZoomPolicy, bounding_box_of, crop_for_box, default_zoom, reframe_logits
 from napari_vfmseg.io.windowing import Window
 from napari_vfmseg.models.base import LoadedModel
 
@@ -51,6 +54,13 @@ class Segmenter:
     (approximate). ``batch_size``: planes per encoder call when prefetching (default 1 on CPU, 4 on
     GPU). The input convention follows ``model.info["preprocess"]`` ("sam" by default, or "medsam").
 
+    ``zoom``: when a box is small (see :class:`~napari_vfmseg.engine.zoom.ZoomPolicy`) its mask is
+    predicted on a crop around it, encoded at the model's full resolution (one more encoder pass,
+    kept in the memory cache, never on disk). "auto" (default): on for models with a small encoder
+    (the built-in one, distilled students), off for SAM ViTs; None: never; or a ``ZoomPolicy``.
+    ``Prediction.crop`` says which crop a mask came from; logits fed back as ``mask_input`` are
+    carried over to the next prediction's crop (or whole slice) by the segmenter itself.
+
     Applying or removing an adapter that changes the encoder (``training.apply_adapter``) changes
     ``model.cache_key``; the next request keys the image or plane again, so no stale embedding is
     ever served.
@@ -64,6 +74,7 @@ class Segmenter:
         accelerate: str = "sdpa",
         batch_size: Optional[int] = None,
         cache_max_bytes: Optional[int] = None,
+        zoom: Union[str, ZoomPolicy, None] = "auto",
     ) -> None:
         self.model = model
         self.sam = model.sam
@@ -81,6 +92,14 @@ class Segmenter:
         self._volume: Optional[VolumeSource] = None
         self._prefetch: Optional[PrefetchHandle] = None
         self._current_plane: Optional[int] = None
+        self._image_pixels: Optional[tuple] = None  # (array, window, aspect) of the 2D image, for crops
+        if isinstance(zoom, str):
+            if zoom != "auto":
+                raise ValueError(f"zoom must be 'auto', None or a ZoomPolicy; got {zoom!r}")
+            zoom = default_zoom(self.sam)
+        self.zoom: Optional[ZoomPolicy] = zoom
+        # digest of logits returned → the frame (geometry, crop) they live in; guarded by _lock
+        self._frames: "OrderedDict[bytes, tuple]" = OrderedDict()
 
     # ------------------------------------------------------------------------------------ properties
 
@@ -144,14 +163,63 @@ class Segmenter:
     # ------------------------------------------------------------------------------------ images
 
     def _item(self, get_image: Callable[[], np.ndarray], window: Optional[Window], aspect: float = 1.0,
-              scan: Optional[Callable[[], str]] = None) -> EncoderItem:
+              scan: Optional[Callable[[], str]] = None, persist: bool = True) -> EncoderItem:
         """Prepare an image now and key it; ``get_image`` must return the same pixels when called again."""
         size, preprocess = self.encoder_size, self.preprocess
 
         def make() -> PreparedImage:
             return prepare_image(get_image(), window, size, preprocess, pixel_aspect=aspect)
 
-        return self.embeddings.item(make, scan=scan)
+        return self.embeddings.item(make, scan=scan, persist=persist)
+
+    def _crop_item(self, plane: Optional[int], crop: Crop) -> EncoderItem:
+        """The encoder item of ``crop`` of volume ``plane`` (or of the 2D image when ``plane`` is None):
+        windowed as the whole slice is, in its true proportions, kept out of the disk cache."""
+        with self._lock:
+            volume, image = self._volume, self._image_pixels
+        if plane is not None and volume is not None:
+            return self._item(lambda: crop.cut(volume.data_plane(plane)), volume.window, volume.pixel_aspect,
+                              persist=False)
+        if image is None:
+            raise ValueError("no image is set: call set_image(...) or set_volume(...) first")
+        array, window, aspect = image
+        return self._item(lambda: crop.cut(array), window, aspect, persist=False)
+
+    @staticmethod
+    def _digest(logits: np.ndarray) -> bytes:
+        return hashlib.blake2b(np.ascontiguousarray(logits, dtype=np.float32).tobytes(), digest_size=16).digest()
+
+    def _remember_frames(self, candidate_logits: np.ndarray, frame: tuple) -> None:
+        """Remember which frame (geometry, crop, plane shape) each returned logits array lives in (the last 64)."""
+        with self._lock:
+            for logits in candidate_logits:
+                digest = self._digest(logits)
+                self._frames[digest] = frame
+                self._frames.move_to_end(digest)
+            while len(self._frames) > 64:
+                self._frames.popitem(last=False)
+
+    @staticmethod
+    def _squeezed(mask_input) -> np.ndarray:
+        array = np.asarray(mask_input, dtype=np.float32)
+        return array[0] if array.ndim == 3 and array.shape[0] == 1 else array
+
+    def _frame_of(self, mask_input) -> Optional[tuple]:
+        """The frame (geometry, crop, plane shape) this segmenter returned ``mask_input`` in, or None."""
+        squeezed = self._squeezed(mask_input)
+        if squeezed.ndim != 2:
+            return None
+        digest = self._digest(squeezed)
+        with self._lock:
+            return self._frames.get(digest)
+
+    def _mask_in_frame(self, mask_input, frame: tuple, plane_shape: tuple[int, int]):
+        """``mask_input`` carried into ``frame`` when this segmenter returned it for another crop."""
+        squeezed = self._squeezed(mask_input)
+        source = self._frame_of(squeezed)
+        if source is None or source[1] == frame[1] or source[2] != tuple(plane_shape):
+            return mask_input
+        return reframe_logits(squeezed, source[:2], frame[:2], plane_shape)
 
     def set_image(self, image: np.ndarray, window: WindowArg = None, modality: Optional[str] = None,
                   spacing: Optional[Sequence[float]] = None) -> Embedding:
@@ -169,11 +237,12 @@ class Segmenter:
         if array.ndim not in (2, 3):
             raise ValueError(f"set_image expects (rows, cols) or (rows, cols, 3); got shape {array.shape}")
         require_finite(array, f"the image of shape {array.shape}")
-        item = self._item(lambda: array, image_window(array, window, modality), pixel_aspect(spacing),
-                          scan=lazy_scan_fingerprint(array))
+        resolved, aspect = image_window(array, window, modality), pixel_aspect(spacing)
+        item = self._item(lambda: array, resolved, aspect, scan=lazy_scan_fingerprint(array))
         embedding = self.embeddings.obtain([item])[0]
         with self._lock:
             self._image = item
+            self._image_pixels = (array, resolved, aspect)
             self._volume = None
             self._current_plane = None
         return embedding
@@ -194,6 +263,7 @@ class Segmenter:
         with self._lock:
             self._volume = source
             self._image = None
+            self._image_pixels = None
             self._current_plane = source.count // 2
         return source.window
 
@@ -365,6 +435,7 @@ class Segmenter:
         multimask: Optional[bool] = None,
         plane: Optional[int] = None,
         candidate: Optional[int] = None,
+        zoom: Union[bool, Crop, None] = None,
     ) -> Prediction:
         """Predict one mask from prompts on the current image or on volume ``plane``.
 
@@ -377,7 +448,9 @@ class Segmenter:
         the ring or all it encloses); anything else gives one mask. True or False forces three masks
         or one. ``candidate``: return that one of the masks (0-based, in ``candidate_scores`` order)
         instead of the default one — how a user steps through the other readings of an ambiguous
-        prompt. Raises ValueError for a prompt outside the image or a candidate the decoder did not
+        prompt. ``zoom``: None follows the segmenter's policy (a small box is segmented on a crop
+        around it), False always uses the whole slice, True zooms a small box even when the policy
+        is off, a :class:`~napari_vfmseg.engine.zoom.Crop` forces that crop. Raises ValueError for a prompt outside the image or a candidate the decoder did not
         return, :class:`~napari_vfmseg.engine.errors.NonFiniteImageError` for a plane without a
         finite voxel.
         """
@@ -386,12 +459,67 @@ class Segmenter:
         if points is None and point_labels is not None:
             raise ValueError("point_labels were given without points")
         item, plane = self._target(plane)
-        geometry = item.geometry
-        coords = labels = None
+        plane_shape = tuple(item.geometry.original_size)
+        points_rc = labels = None
         if points is not None:
-            points_rc, labels = validate_points(points, point_labels, geometry.original_size)
-            coords = geometry.points_to_sam(points_rc)
-        box_xy = geometry.box_to_sam(validate_box(box, geometry.original_size)) if box is not None else None
+            points_rc, labels = validate_points(points, point_labels, plane_shape)
+        box_rc = validate_box(box, plane_shape) if box is not None else None
+        policy = self._policy(zoom, item.geometry)
+        crop = zoom if isinstance(zoom, Crop) else self._zoom_crop(box_rc, points_rc, mask_input, plane_shape, item.geometry, policy)
+        prediction = self._predict_on(item, plane, crop, points_rc, labels, box_rc, mask_input, multimask, candidate)
+        if crop is None and policy is not None and box_rc is None and mask_input is None and prediction.mask.any():
+            # a click alone has no size: when its mask is small, segment the click again on a crop around it
+            second = crop_for_box(bounding_box_of(prediction.mask), plane_shape, item.geometry.pixel_aspect, policy,
+                                  points_rc)
+            if second is not None:
+                prediction = self._predict_on(item, plane, second, points_rc, labels, box_rc, None, multimask, candidate)
+        if plane is not None:
+            self.current_plane = plane
+        return prediction
+
+    def _policy(self, zoom: Union[bool, Crop, None], geometry) -> Optional[ZoomPolicy]:
+        """The zoom policy of one request (None: the whole slice unless ``zoom`` is a Crop)."""
+        if zoom is False or isinstance(zoom, Crop) or geometry.stretch:
+            return None
+        if zoom is True and self.zoom is None:
+            return ZoomPolicy()
+        return self.zoom
+
+    def _zoom_crop(self, box_rc: Optional[np.ndarray], points_rc: Optional[np.ndarray], mask_input,
+                   plane_shape: tuple[int, int], geometry, policy: Optional[ZoomPolicy]) -> Optional[Crop]:
+        """The crop prompts go to under ``policy``: around a small box (holding the clicks too), or,
+        for clicks that correct a mask made on a crop, that crop while it holds them; else None."""
+        if policy is None:
+            return None
+        if box_rc is not None:
+            return crop_for_box(box_rc, plane_shape, geometry.pixel_aspect, policy, points_rc)
+        source = self._frame_of(mask_input) if mask_input is not None else None
+        if source is None or source[1] is None or source[2] != tuple(plane_shape):
+            return None
+        crop = source[1]
+        if points_rc is not None:
+            rows, cols = points_rc[:, 0], points_rc[:, 1]
+            inside = (rows >= crop.row0) & (rows <= crop.row1 - 1) & (cols >= crop.col0) & (cols <= crop.col1 - 1)
+            if not bool(np.all(inside)):
+                return None
+        return crop
+
+    def _predict_on(self, item: EncoderItem, plane: Optional[int], crop: Optional[Crop],
+                    points_rc: Optional[np.ndarray], labels: Optional[np.ndarray], box_rc: Optional[np.ndarray],
+                    mask_input, multimask: Optional[bool], candidate: Optional[int]) -> Prediction:
+        """Decode prompts (slice pixels, (row, col)) on the whole slice of ``item`` or on ``crop`` of it."""
+        plane_shape = tuple(item.geometry.original_size)
+        if crop is not None:
+            item = self._crop_item(plane, crop)
+            offset = crop.offset
+            points_rc = None if points_rc is None else points_rc - offset
+            box_rc = None if box_rc is None else box_rc - np.concatenate([offset, offset])
+        geometry = item.geometry
+        frame = (geometry, crop, plane_shape)
+        coords = geometry.points_to_sam(points_rc) if points_rc is not None else None
+        box_xy = geometry.box_to_sam(box_rc) if box_rc is not None else None
+        if mask_input is not None:
+            mask_input = self._mask_in_frame(mask_input, frame, plane_shape)
         mask_tensor = self._decoder.mask_tensor(mask_input) if mask_input is not None else None
         if multimask is None:
             multimask = coords is not None and len(coords) == 1 and box_xy is None and mask_tensor is None
@@ -401,8 +529,6 @@ class Segmenter:
             outputs = [1, 2, 3] if multimask else [0]
 
         embedding = self.embeddings.obtain([item])[0]
-        if plane is not None:
-            self.current_plane = plane
         with torch.inference_mode():
             low_res, scores = self._decoder(item.key, embedding, coords, labels, box_xy, mask_tensor, outputs)
             index = int(torch.argmax(scores[0]).item()) if multimask else 0
@@ -413,8 +539,11 @@ class Segmenter:
                 index = int(candidate)
             logits = upscale_logits(low_res[:, index : index + 1], geometry)
             mask = (logits[0, 0] > self.sam.mask_threshold).cpu().numpy()
+        if crop is not None:
+            mask = crop.paste(mask, plane_shape, fill=False)
         candidate_logits = low_res[0].float().cpu().numpy()
         candidate_scores = scores[0].float().cpu().numpy()
+        self._remember_frames(candidate_logits, frame)
         return Prediction(
             mask=mask,
             score=float(candidate_scores[index]),
@@ -424,4 +553,5 @@ class Segmenter:
             index=index,
             multimask=bool(multimask),
             plane=plane,
+            crop=crop,
         )
