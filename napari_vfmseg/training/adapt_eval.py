@@ -80,16 +80,17 @@ def plane_scores(segmenter, labels: np.ndarray, axis: int, planes: Optional[Sequ
 def volume_scores(model, volume: np.ndarray, labels: np.ndarray, spacing: Optional[Sequence[float]] = None,
                   window=None, modality: Optional[str] = None, exclude: Optional[dict[int, Sequence[int]]] = None,
                   axes: Sequence[int] = (0, 1, 2), max_planes: Optional[int] = None, min_pixels: int = 20,
-                  clicks: bool = True) -> dict[int, AxisScores]:
+                  clicks: bool = True, zoom="auto") -> dict[int, AxisScores]:
     """:func:`plane_scores` along each of ``axes`` for a ``LoadedModel`` (its active adapter included).
 
-    ``exclude`` maps an axis to the planes not to score along it (the corrected planes).
+    ``exclude`` maps an axis to the planes not to score along it (the corrected planes); ``zoom``:
+    the engine's zoom for small boxes ("auto", None or a ``ZoomPolicy``, see ``Segmenter``).
     """
     from napari_vfmseg.engine import Segmenter
 
     exclude = exclude or {}
     out: dict[int, AxisScores] = {}
-    segmenter = Segmenter(model)
+    segmenter = Segmenter(model, zoom=zoom)
     try:
         for axis in axes:
             segmenter.set_volume(np.asarray(volume), axis=axis, window=window, modality=modality, spacing=spacing)

@@ -48,7 +48,8 @@ class LabelledImage:
     ``plane`` the index along the slicing axis of the source volume (None for a single 2D pair);
     ``source`` a human-readable origin (file name and plane) for messages; ``pixel_aspect`` a
     pixel's height / width in mm (1 = square), so that training resizes the plane to its true
-    proportions exactly as inference does (:func:`~napari_vfmseg.engine.preprocess.prepare_image`).
+    proportions exactly as inference does (:func:`~napari_vfmseg.engine.preprocess.prepare_image`);
+    ``crop`` (row0, col0, row1, col1) when the pair is a zoomed crop of ``plane``, not the whole plane.
     """
 
     image: np.ndarray
@@ -56,6 +57,7 @@ class LabelledImage:
     plane: Optional[int] = None
     source: str = ""
     pixel_aspect: float = 1.0
+    crop: Optional[tuple] = None
 
 
 @dataclass

@@ -51,6 +51,7 @@ class RoundConfig:
     lopo_folds: int = 3                 # planes left out in turn at most
     lopo_steps: Optional[int] = None    # steps per fold (None: a third of ``steps``)
     min_gain: float = 0.0               # leave-one-plane-out Dice gain a round must exceed to be kept
+    zoom_crops: Optional[bool] = None   # also train on the engine's zoomed crops of small objects (None: as the engine zooms)
 
     def __post_init__(self) -> None:
         from napari_vfmseg.training.adapters import MODES
@@ -100,5 +101,5 @@ class RoundConfig:
             early_stop_patience=self.patience, min_pixels=self.min_pixels, seed=self.seed,
             warmup_steps=max(1, min(10, self.steps // 10)), augment=self.augment,
             rotate_degrees=self.rotate_degrees, cache_early=self.cache_early, cache_views=self.cache_views,
-            schedule=self.schedule,
+            schedule=self.schedule, zoom_crops=self.zoom_crops,
         )

@@ -44,6 +44,8 @@ class TrainConfig:
     early_stop_patience: int = 4        # validations without improvement before stopping (0: never)
     min_delta: float = 1e-3             # improvement in validation Dice that counts
     min_pixels: int = 20                # smaller objects are ignored
+    zoom_crops: Optional[bool] = None   # also train on the engine's zoomed crop of each small object
+                                        # (None: when the engine zooms for this model, see engine.zoom)
     max_val_objects: int = 64
     seed: int = 0
     amp: Optional[bool] = None          # mixed precision; None = on for CUDA

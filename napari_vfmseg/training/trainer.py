@@ -45,6 +45,7 @@ from napari_vfmseg.models.base import LoadedModel
 from napari_vfmseg.models.lora import LoRAConfig, count_parameters, default_encoder_targets
 from napari_vfmseg.training.adapters import AdapterInfo, adapter_fingerprint, set_active
 from napari_vfmseg.engine.preprocess import Geometry, PreparedImage, encoder_input
+from napari_vfmseg.engine.zoom import ZoomPolicy, default_zoom
 from napari_vfmseg.training.data import FramedPair, LabelledImage, augment, frame_pair, object_ids
 from napari_vfmseg.training.encoder_split import EncoderSplit, split_encoder
 from napari_vfmseg.training.forward import decode, embed_images, pad_masks, upsample_logits
@@ -59,6 +60,7 @@ from napari_vfmseg.training.model_state import (
 )
 from napari_vfmseg.training.prompts import PromptSet, bounding_box, correction_click, interior_point, simulate_prompts
 from napari_vfmseg.training.train_config import TrainConfig, TrainProgress, TrainResult
+from napari_vfmseg.training.zoom_crops import with_zoomed_crops
 
 __all__ = ["TrainConfig", "TrainProgress", "TrainResult", "Trainer", "fine_tune", "decode", "embed_images"]
 
@@ -100,7 +102,8 @@ class Trainer:
         self.embedder = embedder
         self.size = model.image_size
         self.preprocess = str((model.info or {}).get("preprocess") or "sam")
-        self.train_pairs = [p for p in train if object_ids(p.labels, config.min_pixels)]
+        self.train_pairs = with_zoomed_crops([p for p in train if object_ids(p.labels, config.min_pixels)],
+                                             self._zoom_policy(), config.min_pixels)
         self.val_pairs = [p for p in val if object_ids(p.labels, config.min_pixels)]
         if not self.train_pairs:
             raise ValueError(f"no training plane has an object of at least {config.min_pixels} pixels")
@@ -108,6 +111,12 @@ class Trainer:
         self.split: Optional[EncoderSplit] = None
         if config.cache_early and config.mode != "decoder":
             self.split = split_encoder(model.sam.image_encoder)
+
+    def _zoom_policy(self) -> Optional[ZoomPolicy]:
+        """The engine's zoom for this model (its default policy), unless ``config.zoom_crops`` says otherwise."""
+        if self.preprocess != "sam" or self.config.zoom_crops is False:
+            return None
+        return ZoomPolicy() if self.config.zoom_crops else default_zoom(self.model.sam)
 
     def _resolve_lora(self) -> Optional[LoRAConfig]:
         cfg = self.config
@@ -138,13 +147,15 @@ class Trainer:
     @torch.no_grad()
     def _embed_examples(self, examples: list[_Example], batch: int = 4) -> None:
         device = self.model.device
-        if self.embedder is not None:
-            for example in examples:
-                features = torch.as_tensor(self.embedder(example.source))
-                example.embedding = features.to(device, torch.float32).reshape(1, *features.shape[-3:])
-            return
-        for start in range(0, len(examples), batch):
-            chunk = examples[start: start + batch]
+        own = []  # embedded here: every example without an embedder, and zoomed crops (the embedder knows planes)
+        for example in examples:
+            if self.embedder is None or example.source.crop is not None:
+                own.append(example)
+                continue
+            features = torch.as_tensor(self.embedder(example.source))
+            example.embedding = features.to(device, torch.float32).reshape(1, *features.shape[-3:])
+        for start in range(0, len(own), batch):
+            chunk = own[start: start + batch]
             with self._autocast():
                 emb = embed_images(self.model.sam, [e.pair.image for e in chunk], chunk[0].pair.stretch)
             for i, example in enumerate(chunk):
