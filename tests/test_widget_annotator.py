@@ -495,3 +495,22 @@ def test_switching_to_background_after_esc_keeps_working(annotator, qtbot):
     widget.add_point((25.0, 25.0), positive=False)
     _settle(widget, qtbot)
     assert widget.session.prompts(Plane(0, 5)).labels == (0,)
+
+
+def test_small_boxes_are_zoomed_and_the_checkbox_turns_it_off(annotator, model, volume, qtbot):
+    viewer, widget = annotator
+    image, _ = volume
+    reference = _reference(model, image)
+    assert widget.model_panel.zoom_check.isChecked()          # a small encoder: zoom is on by default
+    box = (20.0, 20.0, 27.0, 27.0)
+    widget.add_box(box)
+    _settle(widget, qtbot)
+    zoomed = reference.predict(box=box, plane=5)
+    assert zoomed.crop is not None
+    np.testing.assert_array_equal(widget.session.preview[5].astype(bool), zoomed.mask)
+
+    widget.model_panel.zoom_check.click()                      # the user clears it (the dock is not shown)
+    assert widget.segmenter.zoom is None
+    whole = reference.predict(box=box, plane=5, zoom=False)
+    qtbot.waitUntil(lambda: np.array_equal(widget.session.preview[5].astype(bool), whole.mask), timeout=TIMEOUT)
+    assert not np.array_equal(zoomed.mask, whole.mask)        # the two readings differ, so the test can fail

@@ -75,6 +75,7 @@ def build_ui(widget: "AnnotatorWidget") -> None:
 
     widget.model_panel = ModelPanel()
     widget.model_panel.load_requested.connect(widget.load_model)
+    widget.model_panel.zoom_changed.connect(widget.set_zoom)
     layout.addWidget(widget.model_panel)
 
     prompt_box = QGroupBox("Prompts")

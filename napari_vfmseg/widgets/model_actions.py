@@ -60,6 +60,7 @@ class ModelActions:
         self._loading = None
         self.engine.set_segmenter(segmenter)
         self.model_panel.show_model(self._model_text())
+        self.model_panel.show_zoom(getattr(segmenter, "zoom", None) is not None)
         if self.session is not None:
             self.session.invalidate()
         self._configure_engine()
@@ -88,6 +89,19 @@ class ModelActions:
             return
         self._show_model_window()
         self.session.invalidate()
+        self._configure_engine()
+
+    def set_zoom(self, on: bool) -> None:
+        """Zoom in on small boxes (a crop around each, at full model resolution) or segment them on the
+        whole plane; the previews of the prompted planes are predicted again."""
+        from napari_vfmseg.engine.zoom import ZoomPolicy
+
+        self.model_panel.show_zoom(on)
+        if self.segmenter is None:
+            return
+        self.segmenter.zoom = ZoomPolicy() if on else None
+        if self.session is not None:
+            self.session.invalidate()
         self._configure_engine()
 
     def _show_model_window(self) -> None:

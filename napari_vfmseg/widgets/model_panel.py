@@ -30,6 +30,7 @@ class ModelPanel(QGroupBox):
     """Choose a model and see its state. ``load_requested(ModelSource)`` when the user presses Load."""
 
     load_requested = Signal(object)
+    zoom_changed = Signal(bool)   # the user ticked or cleared "zoom in on small boxes"
 
     def __init__(self, parent: Optional[QWidget] = None) -> None:
         super().__init__("Model", parent)
@@ -52,6 +53,13 @@ class ModelPanel(QGroupBox):
         self.disk_cache_check.setChecked(True)
         self.disk_cache_check.setToolTip("keep embeddings on disk and reuse them in later sessions (content-keyed, in the napari-vfmseg home folder)")
         form.addRow("embeddings", self.disk_cache_check)
+        self.zoom_check = QCheckBox("zoom in on small boxes")
+        self.zoom_check.setToolTip(
+            "segment a small box on a crop around it, at the model's full resolution: small structures "
+            "(lesions, nodules) come out much better. One more encoder pass per box: on by default for "
+            "fast models (the built-in one, distilled students), off for SAM ViTs on a CPU")
+        self.zoom_check.clicked.connect(self.zoom_changed.emit)   # clicks only, not show_zoom
+        form.addRow("small objects", self.zoom_check)
         self.load_button = QPushButton("Load model")
         self.load_button.clicked.connect(lambda: self.load_requested.emit(self.source()))
         form.addRow(self.load_button)
@@ -146,6 +154,10 @@ class ModelPanel(QGroupBox):
         """``total`` 0: busy without a count."""
         self.progress.setRange(0, max(0, total))
         self.progress.setValue(min(done, total) if total else 0)
+
+    def show_zoom(self, on: bool) -> None:
+        """Show whether the engine zooms in on small boxes (the loaded model's default, or the user's choice)."""
+        self.zoom_check.setChecked(bool(on))
 
     def show_status(self, text: str) -> None:
         self.status_label.setText(text)
