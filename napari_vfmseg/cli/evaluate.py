@@ -36,6 +36,9 @@ def add_parser(subparsers) -> None:
                         help="evaluate at most this many objects, spread evenly over the volume")
     parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
     parser.add_argument("--cache-dir", default=None, help="embedding cache folder to use")
+    parser.add_argument("--no-zoom", action="store_true",
+                        help="segment small boxes on the whole slice (default: on a zoomed crop around them for "
+                             "models with a small encoder, such as the built-in one)")
     parser.add_argument("--3d", dest="three_d", action="store_true",
                         help="3D protocol: one box on each object's largest plane, propagate through the "
                              "volume, 3D Dice and volume error beside the repeated-seed baselines")
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(model_argument(args.model), device=args.device)
     if args.adapter:
         apply_adapter(model, args.adapter)
-    segmenter = Segmenter(model, cache_dir=args.cache_dir)
+    segmenter = Segmenter(model, cache_dir=args.cache_dir, zoom=None if args.no_zoom else "auto")
     if args.three_d:
         return _run_3d(args, volume, labels, segmenter, window, model, appearance)
     segmenter.set_volume(array, axis=axis, window=window, modality=getattr(volume, "modality", None),

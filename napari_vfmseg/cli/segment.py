@@ -50,6 +50,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--fill-holes", action="store_true", help="fill holes in the mask plane by plane")
     parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
     parser.add_argument("--cache-dir", default=None, help="embedding cache folder to use")
+    parser.add_argument("--no-zoom", action="store_true",
+                        help="segment small boxes on the whole slice (default: on a zoomed crop around them for "
+                             "models with a small encoder, such as the built-in one)")
     parser.add_argument("--json", action="store_true", help="print one JSON summary instead of text")
     parser.set_defaults(func=run)
 
@@ -237,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
         from napari_vfmseg.training.adapters import apply_adapter
 
         apply_adapter(model, args.adapter)
-    segmenter = Segmenter(model, cache_dir=args.cache_dir)
+    segmenter = Segmenter(model, cache_dir=args.cache_dir, zoom=None if args.no_zoom else "auto")
     segmenter.set_volume(array, axis=axis, window=window, modality=getattr(volume, "modality", None),
                          spacing=volume.spacing if volume.array.ndim == 3 else (1.0, *volume.spacing))
 
