@@ -35,10 +35,13 @@ def _objects(labels: np.ndarray, kind: str) -> np.ndarray:
 
 
 def corrected_planes(labels: np.ndarray, axis: int, count: int = 3) -> list[int]:
-    """``count`` planes along ``axis`` spread over the labelled extent (30 % .. 70 % for three)."""
+    """``count`` planes along ``axis`` spread over the labelled extent (30 % .. 70 % for three); all the
+    labelled planes when the structure spans no more than ``count``."""
     moved = np.moveaxis(labels, axis, 0)
     filled = np.flatnonzero(moved.reshape(moved.shape[0], -1).any(axis=1))
     first, last = int(filled[0]), int(filled[-1])
+    if last - first + 1 <= count:  # a structure only a few planes long: all of them
+        return [int(p) for p in filled]
     fractions = np.linspace(0.3, 0.7, count) if count > 1 else np.array([0.5])
     return [int(round(first + f * (last - first))) for f in fractions]
 
@@ -85,7 +88,8 @@ def calibrate(threads: int) -> float:
 
 
 def _table(name: str, scores: dict) -> str:
-    parts = [f"axis {a}: box {s['box']:.3f} click {s['click']:.3f} (fill {s['box_fill']:.3f})" for a, s in scores.items()]
+    f = lambda v: "  –  " if v is None else f"{v:.3f}"  # noqa: E731 (no object left to score on that axis)
+    parts = [f"axis {a}: box {f(s['box'])} click {f(s['click'])} (fill {f(s['box_fill'])})" for a, s in scores.items()]
     return f"{name:<8}" + " | ".join(parts)
 
 
@@ -113,6 +117,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--simulated-subject", action="store_true",
                         help="also score a simulated second subject (deformed, bias field, noise) before and after")
+    parser.add_argument("--no-zoom", action="store_true",
+                        help="score with the engine's zoom for small boxes off (and train without zoomed crops)")
+    parser.add_argument("--max-planes-all", action="store_true",
+                        help="score every plane with an object (overrides --max-planes)")
     parser.add_argument("--propagate", action="store_true",
                         help="also report 3D Dice of propagation from a box on each object's largest plane")
     args = parser.parse_args(argv)
@@ -143,7 +151,9 @@ def main(argv=None) -> int:
     modality = args.modality or getattr(volume, "modality", None) or (
         "CT" if (args.case or "").startswith("lung") else "MR")
     planes = corrected_planes(labels, args.axis, args.planes)
-    config = RoundConfig(seed=args.seed)
+    config = RoundConfig(seed=args.seed, zoom_crops=False if args.no_zoom else None)
+    zoom = None if args.no_zoom else "auto"
+    max_planes = None if args.max_planes_all else args.max_planes
     types = {f.name: f.type for f in fields(RoundConfig)}
     for item in args.set:
         key, value = item.split("=", 1)
@@ -155,13 +165,15 @@ def main(argv=None) -> int:
     slowdown = max(1.0, calibrate(args.threads) / REFERENCE_SECONDS)
     exclude = {args.axis: planes}
     before = {a: s.summary() for a, s in volume_scores(model, image, labels, spacing, modality=modality, exclude=exclude,
-                                                         axes=axes, max_planes=args.max_planes).items()}
+                                                         axes=axes, max_planes=max_planes, zoom=zoom).items()}
     from napari_vfmseg.training.metrics3d import evaluate_volume_3d
 
     def propagate3d():
         if not args.propagate:
             return None
-        report = evaluate_volume_3d(image, labels, model, axis=args.axis, spacing=spacing, modality=modality,
+        from napari_vfmseg.engine import Segmenter
+
+        report = evaluate_volume_3d(image, labels, Segmenter(model, zoom=zoom), axis=args.axis, spacing=spacing, modality=modality,
                                     objects="label")
         return {"dice": report["all"]["dice_mean"],
                 "extent_baseline": report["all"]["extent_baseline_dice_mean"]}
@@ -181,7 +193,7 @@ def main(argv=None) -> int:
         others.append((other_volume, vol, lab))
     other_before = [{a: s.summary() for a, s in volume_scores(model, np.asarray(v.array), lab, tuple(v.scale),
                                                                 modality=getattr(v, "modality", None) or modality,
-                                                                axes=axes, max_planes=args.max_planes).items()}
+                                                                axes=axes, max_planes=max_planes, zoom=zoom).items()}
                     for _, v, lab in others]
 
     moved_image = np.moveaxis(image, args.axis, 0)
@@ -200,11 +212,11 @@ def main(argv=None) -> int:
 
         apply_adapter_tensors(model, result.tensors, result.info)
     after = {a: s.summary() for a, s in volume_scores(model, image, labels, spacing, modality=modality, exclude=exclude,
-                                                        axes=axes, max_planes=args.max_planes).items()}
+                                                        axes=axes, max_planes=max_planes, zoom=zoom).items()}
     prop_after = propagate3d()
     other_after = [{a: s.summary() for a, s in volume_scores(model, np.asarray(v.array), lab, tuple(v.scale),
                                                                modality=getattr(v, "modality", None) or modality,
-                                                               axes=axes, max_planes=args.max_planes).items()}
+                                                               axes=axes, max_planes=max_planes, zoom=zoom).items()}
                    for _, v, lab in others]
     del moved_image
     print(f"corrected planes along axis {args.axis}: {planes}; round {seconds:.1f} s "
