@@ -5,7 +5,8 @@ decoder), as in segment-anything's ``SamPredictor``: :class:`Segmenter` is the c
 its :class:`~napari_vfmseg.engine.embeddings.EmbeddingProvider` for embeddings (memory cache, disk
 cache, encoder; that module also lists which lock guards what). Given an RGB uint8 image and the
 default settings, masks and scores equal ``SamPredictor``'s for the same weights and prompts
-(within fp32 rounding).
+(within fp32 rounding), except where a small box is segmented on a zoomed crop
+(:mod:`napari_vfmseg.engine.zoom`; on by default for small encoders only, ``zoom=None`` turns it off).
 
 Coordinates are napari's: a point is (row, col), a box (row0, col0, row1, col1), in pixels of the
 slice, pixel centres at integer coordinates.
@@ -13,10 +14,8 @@ slice, pixel centres at integer coordinates.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import warnings
-from collections import OrderedDict
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -36,7 +35,7 @@ from napari_vfmseg.engine.preprocess import (
     validate_points,
 )
 from napari_vfmseg.engine.sources import VolumeSource, WindowArg, image_window, require_finite, volume_source
-from napari_vfmseg.engine.zoom import Crop, ZoomPolicy, bounding_box_of, crop_for_box, default_zoom, reframe_logits
+from napari_vfmseg.engine.zoom import Crop, LogitFrames, ZoomPolicy, bounding_box_of, crop_for_box, default_zoom
 from napari_vfmseg.io.windowing import Window
 from napari_vfmseg.models.base import LoadedModel
 
@@ -98,8 +97,7 @@ class Segmenter:
                 raise ValueError(f"zoom must be 'auto', None or a ZoomPolicy; got {zoom!r}")
             zoom = default_zoom(self.sam)
         self.zoom: Optional[ZoomPolicy] = zoom
-        # digest of logits returned → the frame (geometry, crop) they live in; guarded by _lock
-        self._frames: "OrderedDict[bytes, tuple]" = OrderedDict()
+        self._frames = LogitFrames()  # which crop (or whole slice) each returned logits array belongs to
 
     # ------------------------------------------------------------------------------------ properties
 
@@ -184,42 +182,6 @@ class Segmenter:
             raise ValueError("no image is set: call set_image(...) or set_volume(...) first")
         array, window, aspect = image
         return self._item(lambda: crop.cut(array), window, aspect, persist=False)
-
-    @staticmethod
-    def _digest(logits: np.ndarray) -> bytes:
-        return hashlib.blake2b(np.ascontiguousarray(logits, dtype=np.float32).tobytes(), digest_size=16).digest()
-
-    def _remember_frames(self, candidate_logits: np.ndarray, frame: tuple) -> None:
-        """Remember which frame (geometry, crop, plane shape) each returned logits array lives in (the last 64)."""
-        with self._lock:
-            for logits in candidate_logits:
-                digest = self._digest(logits)
-                self._frames[digest] = frame
-                self._frames.move_to_end(digest)
-            while len(self._frames) > 64:
-                self._frames.popitem(last=False)
-
-    @staticmethod
-    def _squeezed(mask_input) -> np.ndarray:
-        array = np.asarray(mask_input, dtype=np.float32)
-        return array[0] if array.ndim == 3 and array.shape[0] == 1 else array
-
-    def _frame_of(self, mask_input) -> Optional[tuple]:
-        """The frame (geometry, crop, plane shape) this segmenter returned ``mask_input`` in, or None."""
-        squeezed = self._squeezed(mask_input)
-        if squeezed.ndim != 2:
-            return None
-        digest = self._digest(squeezed)
-        with self._lock:
-            return self._frames.get(digest)
-
-    def _mask_in_frame(self, mask_input, frame: tuple, plane_shape: tuple[int, int]):
-        """``mask_input`` carried into ``frame`` when this segmenter returned it for another crop."""
-        squeezed = self._squeezed(mask_input)
-        source = self._frame_of(squeezed)
-        if source is None or source[1] == frame[1] or source[2] != tuple(plane_shape):
-            return mask_input
-        return reframe_logits(squeezed, source[:2], frame[:2], plane_shape)
 
     def set_image(self, image: np.ndarray, window: WindowArg = None, modality: Optional[str] = None,
                   spacing: Optional[Sequence[float]] = None) -> Embedding:
@@ -493,7 +455,7 @@ class Segmenter:
             return None
         if box_rc is not None:
             return crop_for_box(box_rc, plane_shape, geometry.pixel_aspect, policy, points_rc)
-        source = self._frame_of(mask_input) if mask_input is not None else None
+        source = self._frames.frame_of(mask_input) if mask_input is not None else None
         if source is None or source[1] is None or source[2] != tuple(plane_shape):
             return None
         crop = source[1]
@@ -519,7 +481,7 @@ class Segmenter:
         coords = geometry.points_to_sam(points_rc) if points_rc is not None else None
         box_xy = geometry.box_to_sam(box_rc) if box_rc is not None else None
         if mask_input is not None:
-            mask_input = self._mask_in_frame(mask_input, frame, plane_shape)
+            mask_input = self._frames.carry(mask_input, frame)
         mask_tensor = self._decoder.mask_tensor(mask_input) if mask_input is not None else None
         if multimask is None:
             multimask = coords is not None and len(coords) == 1 and box_xy is None and mask_tensor is None
@@ -543,7 +505,7 @@ class Segmenter:
             mask = crop.paste(mask, plane_shape, fill=False)
         candidate_logits = low_res[0].float().cpu().numpy()
         candidate_scores = scores[0].float().cpu().numpy()
-        self._remember_frames(candidate_logits, frame)
+        self._frames.remember(candidate_logits, frame)
         return Prediction(
             mask=mask,
             score=float(candidate_scores[index]),

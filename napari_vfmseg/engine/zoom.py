@@ -13,6 +13,9 @@ holds integer pixel indices, ``row1`` and ``col1`` exclusive.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Crop", "ZoomPolicy", "ZOOM_MAX_ENCODER_PARAMETERS", "bounding_box_of", "crop_for_box", "default_zoom", "reframe_logits"]
+__all__ = ["Crop", "LogitFrames", "ZoomPolicy", "ZOOM_MAX_ENCODER_PARAMETERS", "bounding_box_of", "crop_for_box", "default_zoom", "reframe_logits"]
 
 # zoom by default only where a second encoder pass is cheap (the built-in model, students: ~10 ms on a CPU)
 ZOOM_MAX_ENCODER_PARAMETERS = 20_000_000
@@ -175,3 +178,53 @@ def default_zoom(sam) -> Optional[ZoomPolicy]:
     where a second encoder pass per box costs seconds on a CPU."""
     count = sum(int(p.numel()) for p in sam.image_encoder.parameters())
     return ZoomPolicy() if count <= ZOOM_MAX_ENCODER_PARAMETERS else None
+
+
+class LogitFrames:
+    """Which frame each low-resolution logits array a segmenter returned lives in, so that logits
+    fed back as ``mask_input`` can be carried to another crop (the last ``size`` arrays, by content).
+
+    A frame is ``(geometry, crop, plane_shape)``: the encoder input's ``Geometry``, the :class:`Crop`
+    (None: the whole slice) and the (rows, cols) of the slice. Thread-safe.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = int(size)
+        self._frames: "OrderedDict[bytes, tuple]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _squeezed(logits) -> np.ndarray:
+        array = np.asarray(logits, dtype=np.float32)
+        return array[0] if array.ndim == 3 and array.shape[0] == 1 else array
+
+    @staticmethod
+    def _digest(logits: np.ndarray) -> bytes:
+        return hashlib.blake2b(np.ascontiguousarray(logits, dtype=np.float32).tobytes(), digest_size=16).digest()
+
+    def remember(self, candidate_logits: np.ndarray, frame: tuple) -> None:
+        """Record that every (L, L) array of ``candidate_logits`` (k, L, L) lives in ``frame``."""
+        digests = [self._digest(logits) for logits in candidate_logits]
+        with self._lock:
+            for digest in digests:
+                self._frames[digest] = frame
+                self._frames.move_to_end(digest)
+            while len(self._frames) > self._size:
+                self._frames.popitem(last=False)
+
+    def frame_of(self, logits) -> Optional[tuple]:
+        """The frame ``logits`` ((L, L) or (1, L, L)) were returned in, or None when unknown."""
+        squeezed = self._squeezed(logits)
+        if squeezed.ndim != 2:
+            return None
+        digest = self._digest(squeezed)
+        with self._lock:
+            return self._frames.get(digest)
+
+    def carry(self, logits, frame: tuple):
+        """``logits`` in ``frame``: resampled when they were returned for another crop of a slice of
+        the same shape, else unchanged (unknown logits are taken to be in ``frame`` already)."""
+        source = self.frame_of(logits)
+        if source is None or source[1] == frame[1] or source[2] != frame[2]:
+            return logits
+        return reframe_logits(self._squeezed(logits), source[:2], frame[:2], frame[2])
