@@ -412,9 +412,9 @@ class Segmenter:
         instead of the default one — how a user steps through the other readings of an ambiguous
         prompt. ``zoom``: None follows the segmenter's policy (a small box is segmented on a crop
         around it), False always uses the whole slice, True zooms a small box even when the policy
-        is off, a :class:`~napari_vfmseg.engine.zoom.Crop` forces that crop. Raises ValueError for a prompt outside the image or a candidate the decoder did not
-        return, :class:`~napari_vfmseg.engine.errors.NonFiniteImageError` for a plane without a
-        finite voxel.
+        is off, a :class:`~napari_vfmseg.engine.zoom.Crop` forces that crop. Raises ValueError for a
+        prompt outside the image or a candidate the decoder did not return,
+        :class:`~napari_vfmseg.engine.errors.NonFiniteImageError` for a plane without a finite voxel.
         """
         if points is None and box is None and mask_input is None:
             raise ValueError("predict needs at least one prompt: points, box or mask_input")
@@ -427,7 +427,8 @@ class Segmenter:
             points_rc, labels = validate_points(points, point_labels, plane_shape)
         box_rc = validate_box(box, plane_shape) if box is not None else None
         policy = self._policy(zoom, item.geometry)
-        crop = zoom if isinstance(zoom, Crop) else self._zoom_crop(box_rc, points_rc, mask_input, plane_shape, item.geometry, policy)
+        crop = zoom if isinstance(zoom, Crop) else self._zoom_crop(box_rc, points_rc, mask_input, plane_shape,
+                                                                   item.geometry, policy)
         prediction = self._predict_on(item, plane, crop, points_rc, labels, box_rc, mask_input, multimask, candidate)
         if crop is None and policy is not None and box_rc is None and mask_input is None and prediction.mask.any():
             # a click alone has no size: when its mask is small, segment the click again on a crop around it

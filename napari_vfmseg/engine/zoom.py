@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_vfmseg.engine.preprocess import upscale_logits
+
 __all__ = ["Crop", "LogitFrames", "ZoomPolicy", "ZOOM_MAX_ENCODER_PARAMETERS", "bounding_box_of", "crop_for_box", "default_zoom", "reframe_logits"]
 
 # zoom by default only where a second encoder pass is cheap (the built-in model, students: ~10 ms on a CPU)
@@ -100,10 +102,11 @@ def _span(center: float, size: int, limit: int) -> tuple[int, int]:
 
 def bounding_box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
     """(row0, col0, row1, col1), inclusive, of the True pixels of a non-empty (rows, cols) mask."""
-    rows = np.flatnonzero(np.asarray(mask).any(axis=1))
-    cols = np.flatnonzero(np.asarray(mask).any(axis=0))
+    mask = np.asarray(mask, dtype=bool)
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
-        raise ValueError("bounding_box_of: the mask is empty")
+        raise ValueError("the mask is empty: it has no bounding box")
     return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
 
 
@@ -150,8 +153,6 @@ def reframe_logits(logits: np.ndarray, source, target, plane_shape: Sequence[int
     Outside the source frame the mask is background (the logits' minimum). Used when a correction
     click or a propagation step feeds back logits computed on another crop.
     """
-    from napari_vfmseg.engine.preprocess import upscale_logits
-
     source_geometry, source_crop = source
     target_geometry, target_crop = target
     array = np.asarray(logits, dtype=np.float32)

@@ -21,6 +21,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
+from napari_vfmseg.engine.zoom import bounding_box_of
+
 __all__ = [
     "Box",
     "Click",
@@ -80,13 +82,9 @@ class PromptSet:
 
 
 def bounding_box(mask: np.ndarray) -> Box:
-    """Tight (row0, col0, row1, col1) of the True pixels of a 2D mask (inclusive indices)."""
-    mask = np.asarray(mask, dtype=bool)
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        raise ValueError("bounding_box: the mask is empty")
-    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
+    """Tight (row0, col0, row1, col1) of the True pixels of a 2D mask (inclusive indices); the
+    engine's :func:`~napari_vfmseg.engine.zoom.bounding_box_of`, so prompts and crops agree."""
+    return bounding_box_of(mask)
 
 
 def jitter_box(box: Box, shape: tuple[int, int], rng: np.random.Generator, noise: float = 0.1,
