@@ -187,9 +187,7 @@ class EngineLink(QObject):
             else:
                 self.start_prefetch(current_plane())
             self.ready.emit()
-            for plane in session.planes_with_prompts():
-                if plane.axis == axis:
-                    self.request(plane)
+            self.request_prompted()
 
         def failed(error: BaseException) -> None:
             if token is self._token:
@@ -261,6 +259,15 @@ class EngineLink(QObject):
         return handle
 
     # ------------------------------------------------------------------ predictions
+
+    def request_prompted(self) -> None:
+        """Predict again every plane of the session with prompts along the engine's axis (after a
+        change of model settings that does not touch the image, e.g. the zoom for small boxes)."""
+        if self.session is None:
+            return
+        for plane in self.session.planes_with_prompts():
+            if plane.axis == self.axis:
+                self.request(plane)
 
     def request(self, plane: Plane, next_candidate: bool = False) -> None:
         """Predict ``plane`` from the session's current prompts (the newest request per plane wins).

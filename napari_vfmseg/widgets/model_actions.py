@@ -101,8 +101,8 @@ class ModelActions:
             return
         self.segmenter.zoom = ZoomPolicy() if on else None
         if self.session is not None:
-            self.session.invalidate()
-        self._configure_engine()
+            self.session.invalidate()   # logits of the other setting are not fed back
+        self.engine.request_prompted()  # the image, its window and embeddings stay as they are
 
     def _show_model_window(self) -> None:
         """Set the image layer's contrast to the window the engine uses: what you see is what the model sees."""
