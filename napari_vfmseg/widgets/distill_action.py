@@ -281,7 +281,6 @@ class DistillAction(QWidget):
         self.finished.emit(None)
 
 
-
 def _slug(text: str) -> str:
     """``text`` (a model name, maybe a file name) as a piece of a file name without "-"."""
     return re.sub(r"[^A-Za-z0-9_]+", "_", Path(str(text)).stem).strip("_") or "model"

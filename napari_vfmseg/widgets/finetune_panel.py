@@ -429,7 +429,6 @@ class FinetunePanel(AdapterSwitch, QWidget):
         self.round_finished.emit(None)
 
 
-
 def describe_round(result) -> str:
     """The result text of a finished round: held-out and original-domain Dice before → after."""
     plan = result.plan
