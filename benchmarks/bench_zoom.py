@@ -9,6 +9,7 @@ again (crop embedding from memory).
 
     python benchmarks/bench_zoom.py                 # all cases, built-in model, 2 threads
     python benchmarks/bench_zoom.py --cases brain2,lung1 --json
+    python benchmarks/bench_zoom.py --axis 1 --max-pixel-aspect 100 --no-timing   # zoom thick-slice views too
 
 Prints a table and one JSON line. Timings depend on the machine's load (printed beside them).
 """
@@ -82,6 +83,11 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {CASES}")
     parser.add_argument("--model", default="builtin")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="plane axis (default 0, axial)")
+    parser.add_argument("--context", type=float, default=None, help="ZoomPolicy.context (default: the policy's)")
+    parser.add_argument("--max-pixel-aspect", type=float, default=None,
+                        help="ZoomPolicy.max_pixel_aspect (default: the policy's, 2)")
+    parser.add_argument("--no-timing", action="store_true", help="Dice only")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args(argv)
 
@@ -90,7 +96,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from napari_vfmseg.engine import Segmenter
     from napari_vfmseg.models import load_model
+    from napari_vfmseg.engine.zoom import ZoomPolicy
     from napari_vfmseg.training.adapt_eval import plane_scores
+
+    overrides = {k: v for k, v in (("context", args.context), ("max_pixel_aspect", args.max_pixel_aspect))
+                 if v is not None}
+    policy = ZoomPolicy(**overrides) if overrides else "auto"
 
     model = load_model(args.model, device="cpu")
     rows = []
@@ -99,20 +110,23 @@ def main(argv=None) -> int:
             raise SystemExit(f"unknown case {name!r}: use some of {CASES}")
         image, labels, spacing, modality = _case(name)
         row: dict = {"case": name}
-        for key, zoom in (("whole", None), ("zoomed", "auto")):
+        for key, zoom in (("whole", None), ("zoomed", policy)):
             segmenter = Segmenter(model, zoom=zoom)
-            segmenter.set_volume(image, axis=0, modality=modality, spacing=spacing)
-            scores = plane_scores(segmenter, labels, 0)
+            segmenter.set_volume(image, axis=args.axis, modality=modality, spacing=spacing)
+            scores = plane_scores(segmenter, labels, args.axis)
             row[key] = {"box": round(scores.box, 4), "click": round(scores.click, 4)}
             row["box_fill"], row["objects"] = round(scores.box_fill, 4), scores.n_objects
-        row["ms_per_box"] = _timings(model, image, labels, spacing, modality)
+        if not args.no_timing:
+            row["ms_per_box"] = _timings(model, image, labels, spacing, modality)
         rows.append(row)
         if not args.json:
-            w, z, t = row["whole"], row["zoomed"], row["ms_per_box"]
+            w, z, t = row["whole"], row["zoomed"], row.get("ms_per_box")
+            timing = "" if t is None else (f"  ms/box whole {t['whole']}, zoomed {t['zoom_new_crop']} (new crop), "
+                                           f"{t['zoom_cached_crop']} (cached)")
             print(f"{name:<7} {row['objects']:>3} objects  fill {row['box_fill']:.3f}  box {w['box']:.3f} → "
-                  f"{z['box']:.3f}  click {w['click']:.3f} → {z['click']:.3f}  ms/box whole {t['whole']}, "
-                  f"zoomed {t['zoom_new_crop']} (new crop), {t['zoom_cached_crop']} (cached)", flush=True)
-    print(json.dumps({"model": args.model, "threads": args.threads, "load": os.getloadavg(), "cases": rows}))
+                  f"{z['box']:.3f}  click {w['click']:.3f} → {z['click']:.3f}{timing}", flush=True)
+    print(json.dumps({"model": args.model, "threads": args.threads, "axis": args.axis, "policy": str(policy),
+                      "load": os.getloadavg(), "cases": rows}))
     return 0
 
 
