@@ -130,6 +130,22 @@ def test_box_and_correction_click_preview_equals_engine_then_commit_and_undo(ann
     assert widget.objects_panel.row_values(0)["voxels"] == f"{int(second.mask.sum()):,}"
 
 
+def test_prefetching_ends_only_when_the_viewer_knows_every_embedded_plane(make_napari_viewer, qtbot, model, volume):
+    viewer = make_napari_viewer(show=False)
+    _add_volume(viewer, volume[0])
+    widget = _open(viewer, qtbot, model, wait_prefetch=False)
+    try:
+        handle = widget.engine._handle
+        assert handle is not None
+        assert handle.wait(TIMEOUT / 1000)   # the engine is done; the UI thread has not heard it yet
+        assert widget.prefetching
+        qtbot.waitUntil(lambda: not widget.prefetching, timeout=TIMEOUT)
+        assert widget.engine.embedded_count == 10
+        assert all(widget.plane_embedded(Plane(0, k)) for k in range(10))
+    finally:
+        widget.shutdown()
+
+
 def test_next_mask_shows_the_other_readings_of_a_single_click(annotator, model, volume, qtbot):
     viewer, widget = annotator
     image, _ = volume

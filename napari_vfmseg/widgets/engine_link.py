@@ -79,7 +79,9 @@ class EngineLink(QObject):
 
     @property
     def prefetching(self) -> bool:
-        return self._handle is not None and self._handle.running
+        """Background embedding runs, or its last progress has not reached the UI thread yet (so
+        once this is False, :meth:`plane_embedded` knows every plane the engine embedded)."""
+        return self._handle is not None and (self._handle.running or self._watcher is not None)
 
     @property
     def embedded_count(self) -> int:
