@@ -97,7 +97,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--volume", default=str(ROOT / "sample_data" / "mni_brain_t1.nii.gz"))
     parser.add_argument("--labels", default=str(ROOT / "sample_data" / "mni_brain_t1_labels.nii.gz"))
-    parser.add_argument("--objects", default="brain", choices=("brain", "tissues"))
+    parser.add_argument("--objects", default=None, choices=("brain", "tissues"),
+                        help="brain: merge the labels into one object; tissues: one object per label "
+                             "(default: tissues for the lung cases, else brain)")
     parser.add_argument("--axis", type=int, default=0)
     parser.add_argument("--planes", type=int, default=3)
     parser.add_argument("--model", default="builtin")
@@ -107,7 +109,8 @@ def main(argv=None) -> int:
                         help="also score the adapter on this volume (repeatable)")
     parser.add_argument("--other-objects", default="as-is", choices=("as-is", "brain"))
     parser.add_argument("--case", default=None,
-                        help="a real case of scripts/fetch_real_cases.py (brain1, brain2, lung1, lung2) as the volume")
+                        help="a real case of scripts/fetch_real_cases.py (brain1, brain2, lung1, lung2, or lung1-lungs and "
+                             "lung2-lungs: the chest CT with right/left lung labels) as the volume")
     parser.add_argument("--other-case", action="append", default=[],
                         help="also score the adapter on this fetched case (another subject), repeatable")
     parser.add_argument("--axes", default="0,1,2", help="axes to score (default 0,1,2)")
@@ -144,6 +147,7 @@ def main(argv=None) -> int:
             args.volume, args.labels = (str(p) for p in case_paths(args.case, folder))
         args.other += [[str(p) for p in case_paths(case, folder)] for case in args.other_case]
     axes = tuple(int(a) for a in args.axes.split(","))
+    args.objects = args.objects or ("tissues" if (args.case or "").endswith("-lungs") else "brain")
     volume = read_volume(args.volume)
     labels = _objects(np.asarray(read_volume(args.labels).array), args.objects)
     image = np.asarray(volume.array)

@@ -12,7 +12,8 @@ from the package index (the only network this project's machines reach), checked
 sha256, and the NRRD files are written atomically to ``--out``. They stay out of the repository:
 their licence is the package's, but the source of the images is not stated in it.
 
-``benchmarks/bench_adapt_real.py --case brain1 --other-case brain2`` uses them.
+``benchmarks/bench_adapt_real.py --case brain1 --other-case brain2`` uses them; ``--case lung1-lungs
+--other-case lung2-lungs`` uses the chest CT with lung labels derived by ``scripts/lung_fields.py``.
 """
 
 from __future__ import annotations
@@ -38,11 +39,23 @@ def default_folder() -> Path:
     return base / "real_cases"
 
 
+DERIVED = ("lung1-lungs", "lung2-lungs")   # the chest CT with lung labels from scripts/lung_fields.py
+
+
 def case_paths(case: str, folder: Path | None = None) -> tuple[Path, Path]:
-    """(image, label) NRRD paths of ``case`` in ``folder`` (default :func:`default_folder`)."""
-    if case not in CASES:
-        raise ValueError(f"unknown case {case!r}: use one of {CASES}")
+    """(image, label) NRRD paths of ``case`` in ``folder`` (default :func:`default_folder`).
+
+    ``lung1-lungs`` and ``lung2-lungs`` are the chest CT with the lung labels that
+    ``scripts/lung_fields.py`` derives (written on first use) instead of the nodule."""
     folder = Path(folder) if folder is not None else default_folder()
+    if case in DERIVED:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from lung_fields import write_lung_fields
+
+        base = case.split("-")[0]
+        return folder / f"{base}_image.nrrd", write_lung_fields(base, folder)
+    if case not in CASES:
+        raise ValueError(f"unknown case {case!r}: use one of {CASES + DERIVED}")
     return folder / f"{case}_image.nrrd", folder / f"{case}_label.nrrd"
 
 
