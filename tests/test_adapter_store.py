@@ -206,3 +206,12 @@ def test_concurrent_activations_and_adds_keep_every_index_update(tmp_path, model
         thread.join()
     assert errors == []
     assert len(stores[1].history()) == 4 * 15                          # no read-modify-write lost an event
+
+
+def test_replayed_planes_keep_their_pixel_proportions_and_slice_spacing(tmp_path, model):
+    store = AdapterStore(tmp_path)
+    plane = _plane(7, plane=3)
+    thick = LabelledImage(plane.image, plane.labels, 3, "ct plane 3", pixel_aspect=1.25, slice_ratio=8.0)
+    store.add(*_adapter(model, 0.1), examples=[thick], roles=["train"])
+    (replayed,) = store.replay_examples("train")
+    assert replayed.pixel_aspect == 1.25 and replayed.slice_ratio == 8.0   # trained again as the engine sees it

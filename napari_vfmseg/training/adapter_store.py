@@ -399,7 +399,8 @@ class AdapterStore:
             arrays[f"image_{i}"] = image
             arrays[f"labels_{i}"] = np.ascontiguousarray(example.labels, dtype=np.int32)
             meta.append({"source": example.source, "plane": example.plane, "role": role,
-                         "key": example_key(image)})
+                         "key": example_key(image), "pixel_aspect": float(example.pixel_aspect or 1.0),
+                         "slice_ratio": float(getattr(example, "slice_ratio", 1.0) or 1.0)})
         arrays["meta"] = np.array(json.dumps(meta))
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
@@ -414,7 +415,9 @@ class AdapterStore:
                 out = []
                 for i, item in enumerate(meta):
                     example = LabelledImage(np.array(data[f"image_{i}"]), np.array(data[f"labels_{i}"]),
-                                            item.get("plane"), item.get("source", ""))
+                                            item.get("plane"), item.get("source", ""),
+                                            pixel_aspect=float(item.get("pixel_aspect", 1.0)),
+                                            slice_ratio=float(item.get("slice_ratio", 1.0)))
                     out.append((example, item["role"], item["key"]))
         except FileNotFoundError:
             raise AdapterStoreError(f"{path}: replay file listed in the index is missing") from None

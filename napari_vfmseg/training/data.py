@@ -49,7 +49,11 @@ class LabelledImage:
     ``source`` a human-readable origin (file name and plane) for messages; ``pixel_aspect`` a
     pixel's height / width in mm (1 = square), so that training resizes the plane to its true
     proportions exactly as inference does (:func:`~napari_vfmseg.engine.preprocess.prepare_image`);
-    ``crop`` (row0, col0, row1, col1) when the pair is a zoomed crop of ``plane``, not the whole plane.
+    ``crop`` (row0, col0, row1, col1) when the pair is a zoomed crop of ``plane``, not the whole plane;
+    ``slice_ratio`` the spacing between the volume's planes / a pixel's width (mm / mm): well above 1
+    for a plane of a thick-slice scan, whose other views training then imitates
+    (:mod:`napari_vfmseg.training.thick_views`); ``view`` names how the pair was resampled from
+    ``plane`` ("thick rows", "thick columns"), None for the plane's own pixels.
     """
 
     image: np.ndarray
@@ -58,6 +62,13 @@ class LabelledImage:
     source: str = ""
     pixel_aspect: float = 1.0
     crop: Optional[tuple] = None
+    slice_ratio: float = 1.0
+    view: Optional[str] = None
+
+    @property
+    def own_pixels(self) -> bool:
+        """True for the whole plane as the volume holds it (not a crop, not a resampled view)."""
+        return self.crop is None and self.view is None
 
 
 @dataclass
@@ -120,13 +131,16 @@ def pairs_from_volume(volume: np.ndarray, labels: np.ndarray, axis: int = 0, win
     labels = as_label_map(labels, source)
     if volume.shape != labels.shape:
         raise ValueError(f"{source}: image shape {volume.shape} and label shape {labels.shape} differ")
-    aspect = 1.0
+    aspect, ratio = 1.0, 1.0
     if spacing is not None:
         values = [float(v) for v in np.asarray(spacing, dtype=np.float64).reshape(-1)]
         if len(values) != volume.ndim:
             raise ValueError(f"{source}: spacing {values} does not match the {volume.ndim} axes of the image")
         if len(values) == 3:  # the two in-plane axes, in order, once the plane axis is removed
+            between = values[axis % 3]
             values = [values[i] for i in range(3) if i != axis % 3]
+            if between > 0 and values[1] > 0:
+                ratio = between / values[1]
         aspect = pixel_aspect(values)
     if volume.ndim == 2:
         volume, labels, axis = volume[None], labels[None], 0
@@ -144,7 +158,7 @@ def pairs_from_volume(volume: np.ndarray, labels: np.ndarray, axis: int = 0, win
             continue
         image = volume[index] if win is None else apply_window(volume[index], win)
         pairs.append(LabelledImage(np.ascontiguousarray(image), np.ascontiguousarray(plane_labels),
-                                   index, f"{source} plane {index}", aspect))
+                                   index, f"{source} plane {index}", aspect, slice_ratio=ratio))
     return pairs
 
 
