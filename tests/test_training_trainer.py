@@ -240,3 +240,28 @@ def test_encoder_training_uses_a_throwaway_cache_key_while_it_runs(split):
               progress=lambda p: keys.append(model.cache_key))
     assert all("training-" in k for k in keys) and "training-" not in model.cache_key
     assert model.adapter_fingerprint == active_adapter(model).fingerprint
+
+
+def test_cli_finetune_thick_views_train_each_plane_of_a_thick_slice_scan_also_across_its_slices(tmp_path, monkeypatch, capsys):
+    import json
+
+    import SimpleITK as sitk
+
+    import napari_vfmseg.models as models
+    from napari_vfmseg.cli import main
+
+    monkeypatch.setattr(models, "load_model", lambda name, device="auto", **kw: tiny_loaded_model())
+    image, labels = synthetic_volume(planes=6, size=96, seed=2)
+    image_path, labels_path = tmp_path / "thick.nrrd", tmp_path / "thick_labels.nrrd"
+    for array, path in ((image, image_path), (labels.astype(np.uint8), labels_path)):
+        written = sitk.GetImageFromArray(array)
+        written.SetSpacing((0.5, 0.5, 5.0))   # 5 mm slices of 0.5 mm pixels
+        sitk.WriteImage(written, str(path))
+    counts = {}
+    for flag in ([], ["--thick-views"]):
+        out = tmp_path / f"a{len(flag)}.safetensors"
+        assert main(["finetune", str(image_path), str(labels_path), "--out", str(out), "--mode", "decoder",
+                     "--steps", "2", "--validation", "held_out", "--block-size", "2", "--val-every", "1",
+                     "--json", *flag]) == 0
+        counts[bool(flag)] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_train_examples"]
+    assert counts[True] > counts[False] > 0     # the thick views add objects to train on

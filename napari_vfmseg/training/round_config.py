@@ -52,6 +52,8 @@ class RoundConfig:
     lopo_steps: Optional[int] = None    # steps per fold (None: a third of ``steps``)
     min_gain: float = 0.0               # leave-one-plane-out Dice gain a round must exceed to be kept
     zoom_crops: Optional[bool] = None   # also train on the engine's zoomed crops of small objects (None: as the engine zooms)
+    thick_views: bool = False           # planes of a thick-slice scan also train as its through-plane views look
+                                        # (measured: more 1-click Dice across slices, less box Dice; docs/finetuning.md)
 
     def __post_init__(self) -> None:
         from napari_vfmseg.training.adapters import MODES
@@ -101,5 +103,5 @@ class RoundConfig:
             early_stop_patience=self.patience, min_pixels=self.min_pixels, seed=self.seed,
             warmup_steps=max(1, min(10, self.steps // 10)), augment=self.augment,
             rotate_degrees=self.rotate_degrees, cache_early=self.cache_early, cache_views=self.cache_views,
-            schedule=self.schedule, zoom_crops=self.zoom_crops,
+            schedule=self.schedule, zoom_crops=self.zoom_crops, thick_views=self.thick_views,
         )

@@ -60,6 +60,7 @@ from napari_vfmseg.training.model_state import (
 )
 from napari_vfmseg.training.prompts import PromptSet, bounding_box, correction_click, interior_point, simulate_prompts
 from napari_vfmseg.training.train_config import TrainConfig, TrainProgress, TrainResult
+from napari_vfmseg.training.thick_views import with_thick_views
 from napari_vfmseg.training.zoom_crops import with_zoomed_crops
 
 __all__ = ["TrainConfig", "TrainProgress", "TrainResult", "Trainer", "fine_tune", "decode", "embed_images"]
@@ -102,7 +103,8 @@ class Trainer:
         self.embedder = embedder
         self.size = model.image_size
         self.preprocess = str((model.info or {}).get("preprocess") or "sam")
-        self.train_pairs = with_zoomed_crops([p for p in train if object_ids(p.labels, config.min_pixels)],
+        whole = [p for p in train if object_ids(p.labels, config.min_pixels)]
+        self.train_pairs = with_zoomed_crops(with_thick_views(whole, config.thick_views, config.min_pixels),
                                              self._zoom_policy(), config.min_pixels)
         self.val_pairs = [p for p in val if object_ids(p.labels, config.min_pixels)]
         if not self.train_pairs:
@@ -147,9 +149,9 @@ class Trainer:
     @torch.no_grad()
     def _embed_examples(self, examples: list[_Example], batch: int = 4) -> None:
         device = self.model.device
-        own = []  # embedded here: every example without an embedder, and zoomed crops (the embedder knows planes)
+        own = []  # embedded here: every example without an embedder, crops and thick views (the embedder knows planes)
         for example in examples:
-            if self.embedder is None or example.source.crop is not None:
+            if self.embedder is None or not example.source.own_pixels:
                 own.append(example)
                 continue
             features = torch.as_tensor(self.embedder(example.source))

@@ -1,0 +1,89 @@
+"""Thick views: a corrected plane of a thick-slice scan also trains as that scan's other views look."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from napari_vfmseg.training.data import LabelledImage, pairs_from_volume
+from napari_vfmseg.training.thick_views import thick_views, with_thick_views
+
+SPACING = (5.0, 0.5, 0.625)   # (plane, row, col) mm: 5 mm slices of 0.5 x 0.625 mm pixels
+
+
+def _blob_volume(shape=(10, 64, 80), seed=0):
+    rng = np.random.default_rng(seed)
+    image = ndimage.gaussian_filter(rng.normal(0, 1, shape), (1, 6, 6))
+    image = (image - image.min()) / (image.max() - image.min()) * 4000 - 1000   # HU-like, float
+    labels = (ndimage.gaussian_filter(rng.normal(0, 1, shape), (1, 8, 8)) > 0.02).astype(np.uint8)
+    return image.astype(np.float32), labels
+
+
+def test_thick_views_have_the_shape_and_proportions_of_the_through_plane_views():
+    image, labels = _blob_volume()
+    axial = pairs_from_volume(image, labels, axis=0, spacing=SPACING, window=(1000, 4000))[4]
+    coronal = pairs_from_volume(image, labels, axis=1, spacing=SPACING, window=(1000, 4000))[0]
+    sagittal = pairs_from_volume(image, labels, axis=2, spacing=SPACING, window=(1000, 4000))[0]
+    assert axial.slice_ratio == 8.0 and coronal.slice_ratio == 0.8 and sagittal.slice_ratio == 1.25
+    rows, columns = thick_views(axial)
+    # 64 rows of 0.5 mm in slabs of 5 mm: 6 slabs; 80 columns of 0.625 mm: 10 slabs (rows of the view)
+    assert rows.image.shape == (6, 80) and columns.image.shape == (10, 64)
+    assert rows.pixel_aspect == coronal.pixel_aspect == 8.0      # what the engine uses for a coronal plane
+    assert columns.pixel_aspect == sagittal.pixel_aspect == 10.0
+    assert (rows.view, columns.view) == ("thick rows", "thick columns") and rows.plane == axial.plane == 4
+    assert not rows.own_pixels and axial.own_pixels
+    np.testing.assert_array_equal(rows.labels, axial.labels[[5, 15, 25, 35, 45, 55]])   # each slab's centre line
+    assert thick_views(coronal) == [] and thick_views(sagittal) == []   # their own other views are fine
+    assert thick_views(rows) == []                                # a view is never thinned again
+
+
+def test_a_thick_view_of_a_fine_plane_is_the_through_plane_view_of_the_thick_scan_made_from_it():
+    """Slice a fine isotropic volume into a thick-slice scan (slab means, labels of each slab's centre
+    plane); the coronal view of that scan is what thick_views makes of the fine coronal plane."""
+    fine, fine_labels = _blob_volume(shape=(80, 48, 48), seed=3)
+    pixels = np.clip(np.rint((fine + 1000) / 4000 * 255), 0, 255).astype(np.uint8)
+    slab = 8
+    thick = np.stack([pixels[k:k + slab].astype(np.float32).mean(axis=0) for k in range(0, 80, slab)])
+    thick = np.clip(np.rint(thick), 0, 255).astype(np.uint8)
+    thick_labels = fine_labels[slab // 2::slab]
+    fine_coronal = LabelledImage(pixels[:, 20, :], fine_labels[:, 20, :], plane=20, slice_ratio=float(slab))
+    view = thick_views(fine_coronal)[0]
+    np.testing.assert_array_equal(view.image, thick[:, 20, :])
+    np.testing.assert_array_equal(view.labels, thick_labels[:, 20, :])
+
+
+def test_the_trainer_adds_thick_views_of_thick_slice_planes_only_and_never_asks_an_embedder_for_them():
+    import torch
+
+    from _tiny_models import engine_loaded_model
+    from napari_vfmseg.engine import Segmenter
+    from napari_vfmseg.training.train_config import TrainConfig
+    from napari_vfmseg.training.trainer import Trainer
+
+    image, labels = _blob_volume()
+    pairs = pairs_from_volume(image, labels, axis=0, spacing=SPACING, window=(1000, 4000))[4:5]
+    iso = pairs_from_volume(image, labels, axis=0, spacing=(0.5, 0.5, 0.625), window=(1000, 4000))[4:5]
+    model = engine_loaded_model()
+    on = TrainConfig(mode="full", steps=1, zoom_crops=False, thick_views=True)
+    assert len(Trainer(model, pairs, [], on).train_pairs) == 3
+    assert len(Trainer(model, iso, [], on).train_pairs) == 1
+    assert with_thick_views(pairs, enabled=False) == pairs
+    assert len(Trainer(model, pairs, [], TrainConfig(mode="full", steps=1, zoom_crops=False)).train_pairs) == 1   # off by default
+
+    segmenter = Segmenter(model, zoom=None)
+    segmenter.set_image(pairs[0].image, spacing=(pairs[0].pixel_aspect, 1.0))
+    asked = []
+
+    def embedder(source):
+        asked.append(source)
+        return segmenter.embedding().features
+
+    trainer = Trainer(model, pairs, [], TrainConfig(mode="decoder", steps=1, val_every=0, zoom_crops=False,
+                                                          thick_views=True),
+                      embedder=embedder)
+    trainer.fit()
+    assert asked == pairs                                   # the plane itself only
+    view = next(e for e in trainer.train_examples if e.source.view == "thick rows")
+    alone = Segmenter(model, zoom=None)
+    alone.set_image(view.source.image, spacing=(view.source.pixel_aspect, 1.0))
+    assert torch.allclose(view.embedding[0], alone.embedding().features.float(), atol=1e-4)
