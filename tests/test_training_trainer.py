@@ -169,13 +169,16 @@ def test_bad_configurations_are_rejected(split):
         Trainer(tiny_loaded_model(), empty, [], TrainConfig())
 
 
-def _write_volume_pair(tmp_path, planes=16):
+def _write_volume_pair(tmp_path, planes=16, spacing=(1.0, 1.0, 1.0)):
+    """A synthetic volume and its labels as NIfTI files; ``spacing`` (x, y, z) mm."""
     import SimpleITK as sitk
 
     image, labels = synthetic_volume(planes=planes, size=96, seed=2)
     image_path, labels_path = tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz"
-    sitk.WriteImage(sitk.GetImageFromArray(image), str(image_path))
-    sitk.WriteImage(sitk.GetImageFromArray(labels.astype(np.uint8)), str(labels_path))
+    for array, path in ((image, image_path), (labels.astype(np.uint8), labels_path)):
+        written = sitk.GetImageFromArray(array)
+        written.SetSpacing(spacing)
+        sitk.WriteImage(written, str(path))
     return image_path, labels_path
 
 
@@ -245,18 +248,11 @@ def test_encoder_training_uses_a_throwaway_cache_key_while_it_runs(split):
 def test_cli_finetune_thick_views_train_each_plane_of_a_thick_slice_scan_also_across_its_slices(tmp_path, monkeypatch, capsys):
     import json
 
-    import SimpleITK as sitk
-
     import napari_vfmseg.models as models
     from napari_vfmseg.cli import main
 
     monkeypatch.setattr(models, "load_model", lambda name, device="auto", **kw: tiny_loaded_model())
-    image, labels = synthetic_volume(planes=6, size=96, seed=2)
-    image_path, labels_path = tmp_path / "thick.nrrd", tmp_path / "thick_labels.nrrd"
-    for array, path in ((image, image_path), (labels.astype(np.uint8), labels_path)):
-        written = sitk.GetImageFromArray(array)
-        written.SetSpacing((0.5, 0.5, 5.0))   # 5 mm slices of 0.5 mm pixels
-        sitk.WriteImage(written, str(path))
+    image_path, labels_path = _write_volume_pair(tmp_path, planes=6, spacing=(0.5, 0.5, 5.0))   # 5 mm slices
     counts = {}
     for flag in ([], ["--thick-views"]):
         out = tmp_path / f"a{len(flag)}.safetensors"
