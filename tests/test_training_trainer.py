@@ -245,19 +245,19 @@ def test_encoder_training_uses_a_throwaway_cache_key_while_it_runs(split):
     assert model.adapter_fingerprint == active_adapter(model).fingerprint
 
 
-def test_cli_finetune_thick_views_train_each_plane_of_a_thick_slice_scan_also_across_its_slices(tmp_path, monkeypatch, capsys):
+def test_cli_finetune_trains_each_plane_of_a_thick_slice_scan_also_across_its_slices_unless_told_not_to(tmp_path, monkeypatch, capsys):
     import json
 
     import napari_vfmseg.models as models
     from napari_vfmseg.cli import main
 
     monkeypatch.setattr(models, "load_model", lambda name, device="auto", **kw: tiny_loaded_model())
-    image_path, labels_path = _write_volume_pair(tmp_path, planes=6, spacing=(0.5, 0.5, 5.0))   # 5 mm slices
+    image_path, labels_path = _write_volume_pair(tmp_path, planes=6, spacing=(1.0, 1.0, 2.5))   # thick slices
     counts = {}
-    for flag in ([], ["--thick-views"]):
-        out = tmp_path / f"a{len(flag)}.safetensors"
+    for flag in (["--no-thick-views"], []):
+        out = tmp_path / f"a{len(flag)}.safetensors"   # default: on
         assert main(["finetune", str(image_path), str(labels_path), "--out", str(out), "--mode", "decoder",
                      "--steps", "2", "--validation", "held_out", "--block-size", "2", "--val-every", "1",
                      "--json", *flag]) == 0
-        counts[bool(flag)] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_train_examples"]
+        counts[not flag] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_train_examples"]
     assert counts[True] > counts[False] > 0     # the thick views add objects to train on

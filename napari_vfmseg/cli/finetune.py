@@ -49,9 +49,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--cache-early", action="store_true",
                         help="freeze the early encoder stages and cache their output: about a third less "
                              "time per step, a few points less Dice on the real T1 (default: off)")
-    parser.add_argument("--thick-views", action="store_true",
-                        help="on a thick-slice scan, also train each plane as the views across its slices look "
-                             "(slabs one slice thick): more 1-click Dice on those views, less box Dice (default: off)")
+    parser.add_argument("--no-thick-views", dest="thick_views", action="store_false",
+                        help="on a thick-slice scan, do not also train each plane as the views across its slices "
+                             "look (slabs one slice thick, objects at least 8 slices across; default: on)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share of planes held out (default 0.2)")
     parser.add_argument("--block-size", type=int, default=8, help="neighbouring planes per split block (default 8)")
     parser.add_argument("--val-every", type=int, default=25, help="steps between validations (default 25)")

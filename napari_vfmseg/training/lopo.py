@@ -125,7 +125,9 @@ def leave_one_plane_out(model, pairs: Sequence[LabelledImage], train_config, fol
     report = LopoReport(fold_steps=steps)
     if len(usable) < 2:
         return report
-    config = replace(train_config, steps=steps, val_every=0, early_stop_patience=0)
+    # In a fold the thick views of the planes (training.thick_views) take turns with them instead
+    # of widening the step, so validating a round on a thick-slice scan costs what it costs on any other.
+    config = replace(train_config, steps=steps, val_every=0, early_stop_patience=0, thick_views_widen=False)
     targets = spread(usable, folds)
     base = Segmenter(model)
     try:

@@ -52,8 +52,8 @@ class RoundConfig:
     lopo_steps: Optional[int] = None    # steps per fold (None: a third of ``steps``)
     min_gain: float = 0.0               # leave-one-plane-out Dice gain a round must exceed to be kept
     zoom_crops: Optional[bool] = None   # also train on the engine's zoomed crops of small objects (None: as the engine zooms)
-    thick_views: bool = False           # planes of a thick-slice scan also train as its through-plane views look
-                                        # (measured: more 1-click Dice across slices, less box Dice; docs/finetuning.md)
+    thick_views: bool = True            # planes of a thick-slice scan also train as its through-plane views look
+                                        # (objects at least 8 slices across; measured in docs/finetuning.md)
 
     def __post_init__(self) -> None:
         from napari_vfmseg.training.adapters import MODES

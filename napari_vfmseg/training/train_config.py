@@ -46,8 +46,10 @@ class TrainConfig:
     min_pixels: int = 20                # smaller objects are ignored
     zoom_crops: Optional[bool] = None   # also train on the engine's zoomed crop of each small object
                                         # (None: when the engine zooms for this model, see engine.zoom)
-    thick_views: bool = False           # planes of a thick-slice scan also train as its other views look
-                                        # (slabs one slice thick, see training.thick_views; off: docs/finetuning.md)
+    thick_views: bool = True            # planes of a thick-slice scan also train as its other views look
+                                        # (slabs one slice thick, objects 8+ slabs tall; training.thick_views)
+    thick_views_widen: bool = False     # True: thick views add images to a step (more Dice on the lungs,
+                                        # about 1.6 x the time); False: they take turns with their planes
     max_val_objects: int = 64
     seed: int = 0
     amp: Optional[bool] = None          # mixed precision; None = on for CUDA

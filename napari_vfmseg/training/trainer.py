@@ -173,10 +173,13 @@ class Trainer:
     # ---- one step -------------------------------------------------------------------------------
 
     def _sample(self, rng: np.random.Generator) -> list[tuple[FramedPair, np.ndarray, Optional[torch.Tensor]]]:
-        """``images_per_step`` (pair, masks (P, h, w), embedding or None) for one micro-batch."""
+        """``images_per_step`` (pair, masks (P, h, w), embedding or None) for one micro-batch (at most
+        one per example; without ``thick_views_widen``, at most one per example that is no thick view)."""
         cfg = self.config
-        picks = rng.choice(len(self.train_examples), size=min(cfg.images_per_step, len(self.train_examples)),
-                           replace=False)
+        available = len(self.train_examples)
+        if not cfg.thick_views_widen:
+            available = max(1, sum(1 for e in self.train_examples if getattr(e.source, "view", None) is None))
+        picks = rng.choice(len(self.train_examples), size=min(cfg.images_per_step, available), replace=False)
         batch = []
         for index in picks:
             example = self.train_examples[int(index)]
