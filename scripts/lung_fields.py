@@ -136,6 +136,8 @@ def write_lung_fields(case: str, folder: Path | None = None) -> Path:
 
 
 def main(argv=None) -> int:
+    import SimpleITK as sitk
+
     from fetch_real_cases import fetch
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -144,7 +146,7 @@ def main(argv=None) -> int:
     folder = fetch(Path(args.out) if args.out else None)
     for case in ("lung1", "lung2"):
         path = write_lung_fields(case, folder)
-        labels = __import__("SimpleITK").GetArrayFromImage(__import__("SimpleITK").ReadImage(str(path)))
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
         print(f"{case}: {path}  right {int((labels == 1).sum())} voxels, left {int((labels == 2).sum())} voxels")
     return 0
 

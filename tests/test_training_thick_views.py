@@ -132,3 +132,12 @@ def test_leave_one_plane_out_folds_let_thick_views_take_turns_with_their_planes(
                                  folds=2, fold_steps=1)
     assert len(report.folds) == 2 and len(configs) == 2
     assert all(c.thick_views and not c.thick_views_widen for c in configs)
+
+
+def test_round_settings_reach_the_trainer():
+    from napari_vfmseg.training.round_config import RoundConfig
+
+    default = RoundConfig().train_config()
+    assert default.thick_views and not default.thick_views_widen
+    chosen = RoundConfig(thick_views=False, thick_views_widen=True).train_config()
+    assert not chosen.thick_views and chosen.thick_views_widen

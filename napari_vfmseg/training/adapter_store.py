@@ -400,7 +400,7 @@ class AdapterStore:
             arrays[f"labels_{i}"] = np.ascontiguousarray(example.labels, dtype=np.int32)
             meta.append({"source": example.source, "plane": example.plane, "role": role,
                          "key": example_key(image), "pixel_aspect": float(example.pixel_aspect or 1.0),
-                         "slice_ratio": float(getattr(example, "slice_ratio", 1.0) or 1.0)})
+                         "slice_ratio": float(example.slice_ratio)})
         arrays["meta"] = np.array(json.dumps(meta))
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)

@@ -54,6 +54,7 @@ class RoundConfig:
     zoom_crops: Optional[bool] = None   # also train on the engine's zoomed crops of small objects (None: as the engine zooms)
     thick_views: bool = True            # planes of a thick-slice scan also train as its through-plane views look
                                         # (objects at least 8 slices across; measured in docs/finetuning.md)
+    thick_views_widen: bool = False     # True: the views add images to a step (more Dice, about 1.4 x the time)
 
     def __post_init__(self) -> None:
         from napari_vfmseg.training.adapters import MODES
@@ -104,4 +105,5 @@ class RoundConfig:
             warmup_steps=max(1, min(10, self.steps // 10)), augment=self.augment,
             rotate_degrees=self.rotate_degrees, cache_early=self.cache_early, cache_views=self.cache_views,
             schedule=self.schedule, zoom_crops=self.zoom_crops, thick_views=self.thick_views,
+            thick_views_widen=self.thick_views_widen,
         )

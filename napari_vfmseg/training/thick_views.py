@@ -19,7 +19,7 @@ import numpy as np
 
 from napari_vfmseg.training.data import LabelledImage, object_ids
 
-__all__ = ["MIN_SLICE_RATIO", "thick_views", "with_thick_views"]
+__all__ = ["MIN_SLABS", "MIN_SLICE_RATIO", "thick_views", "with_thick_views"]
 
 #: A plane gets thick views when the spacing between planes is at least this many pixels.
 MIN_SLICE_RATIO = 2.0
@@ -61,7 +61,7 @@ def thick_views(pair: LabelledImage, min_ratio: float = MIN_SLICE_RATIO, min_sla
     width) is below ``min_ratio`` times the pixel's longer side, or when fewer than ``min_slabs``
     slabs fit. Objects spanning fewer than ``min_slabs`` slabs are left out of a view (label 0).
     """
-    ratio = float(getattr(pair, "slice_ratio", 1.0) or 1.0)
+    ratio = float(pair.slice_ratio)
     aspect = float(pair.pixel_aspect or 1.0)
     if not pair.own_pixels or ratio < min_ratio * max(aspect, 1.0):
         return []

@@ -49,7 +49,7 @@ class TrainConfig:
     thick_views: bool = True            # planes of a thick-slice scan also train as its other views look
                                         # (slabs one slice thick, objects 8+ slabs tall; training.thick_views)
     thick_views_widen: bool = False     # True: thick views add images to a step (more Dice on the lungs,
-                                        # about 1.6 x the time); False: they take turns with their planes
+                                        # about 1.4 x the time); False: they take turns with their planes
     max_val_objects: int = 64
     seed: int = 0
     amp: Optional[bool] = None          # mixed precision; None = on for CUDA

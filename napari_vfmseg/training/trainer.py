@@ -178,7 +178,7 @@ class Trainer:
         cfg = self.config
         available = len(self.train_examples)
         if not cfg.thick_views_widen:
-            available = max(1, sum(1 for e in self.train_examples if getattr(e.source, "view", None) is None))
+            available = max(1, sum(1 for e in self.train_examples if e.source.view is None))
         picks = rng.choice(len(self.train_examples), size=min(cfg.images_per_step, available), replace=False)
         batch = []
         for index in picks:
